@@ -106,7 +106,7 @@ def call(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeout: 
     """One blocking management call (scripts, benchmarks); raises RemoteError or TimeoutError."""
     import zmq
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
