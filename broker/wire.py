@@ -98,6 +98,14 @@ def pack(obj: Any) -> bytes:
     return _packb(obj)
 
 
+def _decode_reason(exc: Exception) -> str:
+    """msgpack's complaint -> bad-frame reason.  A container announcing more items than the
+    frame has bytes left ("N exceeds max_array_len(M)": msgpack bounds lengths by the buffer)
+    was cut short just like an "incomplete input": both are ``truncated``."""
+    text = str(exc).lower()
+    return "truncated" if "incomplete" in text or "exceeds max_" in text else "garbage"
+
+
 def unpack_body(frame: bytes) -> Any:
     """Decode a body frame (packets as tuples)."""
     if len(frame) > MAX_BODY:
@@ -105,8 +113,7 @@ def unpack_body(frame: bytes) -> Any:
     try:
         return msgpack.unpackb(frame, use_list=False, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        reason = "truncated" if isinstance(exc, ValueError) and "incomplete" in str(exc).lower() else "garbage"
-        raise WireError(reason, f"body does not decode ({exc})") from None
+        raise WireError(_decode_reason(exc), f"body does not decode ({exc})") from None
 
 
 def decode(frames: list[bytes]) -> tuple[Any, ...]:
@@ -123,8 +130,7 @@ def decode(frames: list[bytes]) -> tuple[Any, ...]:
     try:
         hdr = msgpack.unpackb(head, use_list=False, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        text = str(exc).lower()
-        raise WireError("truncated" if "incomplete" in text else "garbage", f"header ({exc})") from None
+        raise WireError(_decode_reason(exc), f"header ({exc})") from None
     if not isinstance(hdr, tuple) or len(hdr) < 2:
         raise WireError("garbage", "header is not a [version, kind, ...] list")
     if hdr[0] != VERSION:
