@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -101,11 +102,22 @@ class UdpEcho(_UdpApp):
 
 @register_app("udp-sink")
 class UdpSink(_UdpApp):
-    """RFC 863 discard over UDP, counting what arrives (the ``udp_pps`` benchmark reads it)."""
+    """RFC 863 discard over UDP, counting what arrives (the ``udp_pps`` benchmark reads it,
+    with the arrival times of the first and the latest datagram: ``time.perf_counter`` is
+    CLOCK_MONOTONIC, comparable across the processes of one machine)."""
+
+    first_at = 0.0
+    last_at = 0.0
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.datagrams:
+            self.first_at = time.perf_counter()
         self.datagrams += 1
         self.bytes += len(data)
+        self.last_at = time.perf_counter()
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "first_at": self.first_at, "last_at": self.last_at}
 
 
 # --- TCP -----------------------------------------------------------------------------------
