@@ -227,6 +227,8 @@ async def ping(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("-W", dest="timeout", type=_positive(float), default=10.0, help="seconds to wait for a reply")
     p.add_argument("-s", dest="size", type=int, default=56, help="payload bytes")
     p.add_argument("-t", dest="ttl", type=int, default=64, help="IP time to live")
+    p.add_argument("-A", dest="adaptive", action="store_true",
+                   help="adaptive: at most one unanswered probe; the next goes when the reply is in")
     p.add_argument("host")
     ns = p.parse(args)
     if not 1 <= ns.ttl <= 255:
@@ -254,7 +256,9 @@ async def ping(ctx: ToolContext, args: list[str]) -> int:
             await asyncio.sleep(0)  # let the probe send before a local error is looked at
             if run.fatal is not None:
                 break
-            if seq < ns.count:
+            if ns.adaptive:
+                await tasks[-1]
+            if seq < ns.count and not (ns.adaptive and ns.interval == 0):
                 await asyncio.sleep(ns.interval)
         await asyncio.gather(*tasks)
     finally:
@@ -463,6 +467,8 @@ async def udp_send(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("--count", type=_positive(int), default=1)
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--interval", type=float, default=0.0, help="seconds between datagrams")
+    p.add_argument("--json", action="store_true", help="one JSON object (with the start time "
+                   "on this machine's monotonic clock) instead of a line")
     p.add_argument("host")
     p.add_argument("port", type=int)
     ns = p.parse(args)
@@ -488,6 +494,10 @@ async def udp_send(ctx: ToolContext, args: list[str]) -> int:
         transport.close()
     seconds = time.perf_counter() - start
     pps = ns.count / seconds if seconds > 0 else 0.0
+    if ns.json:
+        ctx.out.write(json.dumps({"sent": ns.count, "size": ns.size, "start": start,
+                                  "seconds": round(seconds, 6), "pps": round(pps)}) + "\n")
+        return 0
     ctx.out.write(f"udp-send: {ns.count} datagrams of {ns.size} bytes to {ns.host}:{ns.port} "
                   f"in {seconds:.3f} s ({pps:.0f} pps)\n")
     return 0
