@@ -10,7 +10,7 @@ Stated bounds (virtual time of the manual clock; the file runs in about a second
 * a partition that starts at any moment: within ``PARTITION_BOUND`` = 600 s the sender's
   connection ends, either cleanly (then everything was delivered) or with TimeoutError (then
   the receiver holds a prefix of what was sent).  Never corruption, never a hang: worst case
-  is SYN retries (1+2+4+8+10+10+10 s), 16 RTOs of at most 10 s, or keepalive (30 + 3 x 5 s).
+  is SYN retries (1+2+4+8+10+10+10 s), 16 RTOs of at most 10 s, or keepalive (120 + 5 x 10 s).
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from agents.netstack.fakenet import FakeNet, StreamRecorder
 
 DELIVERY_BOUND = 900.0
 PARTITION_BOUND = 600.0
-CONFIG = TcpConfig(rto_max=10.0, keepalive=(30.0, 5.0, 3))
+# Keepalive bounds the receiver's half when the sender is gone; its idle time must outlast
+# a plausible run of lost retransmissions (at most rto_max = 10 s apart): 120 s is 12 in a
+# row at 30 % loss (p ~ 5e-7), where 30 s was 3 (p ~ 3e-2: seen failing).
+CONFIG = TcpConfig(rto_max=10.0, keepalive=(120.0, 10.0, 5))
 
 
 def pair(seed: int) -> tuple[FakeNet, NetStack, NetStack]:
