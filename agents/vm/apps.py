@@ -205,3 +205,54 @@ class TcpSink(_TcpApp):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "last_bytes": self.last_bytes, "last_sha256": self.last_digest}
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+def _vm_name(net: Any) -> str:
+    name = getattr(net, "name", None) or getattr(getattr(net, "stack", None), "name", None)
+    return str(name or "vm")
+
+
+@register_app("http")
+class HttpApp(App):
+    """A small web server for client VMs (HTTP/1.1 via h11, keep-alive):
+    ``GET /`` -> ``hello from <vm>``, ``/hostname`` -> the VM's name, ``/clientip`` -> the
+    client's ``ip:port`` as this VM sees it (what SNAT and proxies change), ``/echo?msg=X``
+    -> X; anything else 404 (Go's ``404 page not found``, as most small servers in pods)."""
+
+    def __init__(self, net: NetAPI, spec: AppConfig) -> None:
+        super().__init__(net, spec)
+        self.vm = _vm_name(net)
+        self.server: Any = None
+
+    async def start(self) -> None:
+        from .http import serve_http
+
+        host = self.spec.options.get("host", "0.0.0.0")
+        self.server = await serve_http(self.net, host, self.port, self.handle, name=self.name)
+
+    async def handle(self, req: Any) -> Any:
+        from .http import Response, text_response
+
+        if req.method not in ("GET", "HEAD"):
+            return Response(status=405, headers={"Allow": "GET, HEAD", "Content-Type": "text/plain; charset=utf-8"},
+                            body=b"Method Not Allowed\n")
+        if req.path == "/":
+            return text_response(f"hello from {self.vm}\n")
+        if req.path == "/hostname":
+            return text_response(f"{self.vm}\n")
+        if req.path == "/clientip":
+            return text_response(f"{req.client[0]}:{req.client[1]}\n")
+        if req.path == "/echo":
+            return text_response(req.query.get("msg", ""))
+        return text_response("404 page not found\n", 404)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), **(self.server.stats() if self.server is not None else {})}

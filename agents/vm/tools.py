@@ -501,3 +501,8 @@ async def udp_send(ctx: ToolContext, args: list[str]) -> int:
     ctx.out.write(f"udp-send: {ns.count} datagrams of {ns.size} bytes to {ns.host}:{ns.port} "
                   f"in {seconds:.3f} s ({pps:.0f} pps)\n")
     return 0
+
+
+# --- curl (agents/vm/curl.py: HTTP/1.1 over h11; imported here so that it registers) ---------
+
+from . import curl as _curl  # noqa: E402,F401
