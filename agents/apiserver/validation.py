@@ -1,0 +1,514 @@
+"""Field validation with Kubernetes' messages (k8s.io/apimachinery ``util/validation``).
+
+A refused object becomes ``422 Invalid``: ``Node "A_b" is invalid: metadata.name: Invalid
+value: "A_b": a lowercase RFC 1123 subdomain must consist of ...``; several errors are listed in
+brackets, as the API server does.  Each kind has a list of checks in :data:`VALIDATORS`;
+later steps append deeper ones (Pod, Service specs) with :func:`register_validator`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import errors
+from .resources import Resource
+
+# --- messages (apimachinery/pkg/util/validation) -------------------------------------------
+
+DNS1123_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS1123_SUBDOMAIN_FMT = DNS1123_LABEL_FMT + r"(\." + DNS1123_LABEL_FMT + ")*"
+DNS1035_LABEL_FMT = "[a-z]([-a-z0-9]*[a-z0-9])?"
+QUALIFIED_NAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+LABEL_VALUE_FMT = "(" + QUALIFIED_NAME_FMT + ")?"
+CONFIG_KEY_FMT = "[-._a-zA-Z0-9]+"
+
+DNS1123_LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+                     "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', "
+                     f"regex used for validation is '{DNS1123_LABEL_FMT}')")
+DNS1123_SUBDOMAIN_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+                         "'-' or '.', and must start and end with an alphanumeric character (e.g. "
+                         f"'example.com', regex used for validation is '{DNS1123_SUBDOMAIN_FMT}')")
+DNS1035_LABEL_MSG = ("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
+                     "an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
+                     f"'abc-123', regex used for validation is '{DNS1035_LABEL_FMT}')")
+QUALIFIED_NAME_MSG = ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
+                      "end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', "
+                      f"regex used for validation is '{QUALIFIED_NAME_FMT}')")
+LABEL_VALUE_MSG = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
+                   "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value', "
+                   f" or '12345', regex used for validation is '{LABEL_VALUE_FMT}')")
+CONFIG_KEY_MSG = ("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. "
+                  f"'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '{CONFIG_KEY_FMT}')")
+
+_RE = {name: re.compile(f"^{fmt}$") for name, fmt in (
+    ("label", DNS1123_LABEL_FMT), ("subdomain", DNS1123_SUBDOMAIN_FMT), ("dns1035", DNS1035_LABEL_FMT),
+    ("qualified", QUALIFIED_NAME_FMT), ("value", LABEL_VALUE_FMT), ("configkey", CONFIG_KEY_FMT))}
+
+# field.ErrorType -> (the reason in Status causes, the message prefix)
+_TYPES = {
+    "Required": ("FieldValueRequired", "Required value"),
+    "Invalid": ("FieldValueInvalid", "Invalid value"),
+    "NotSupported": ("FieldValueNotSupported", "Unsupported value"),
+    "Forbidden": ("FieldValueForbidden", "Forbidden"),
+    "TooLong": ("FieldValueTooLong", "Too long"),
+    "Duplicate": ("FieldValueDuplicate", "Duplicate value"),
+}
+
+
+def _go_value(value: Any) -> str:
+    """How field errors print a value (Go's %q for strings, %d for ints, map/slice literals)."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{json.dumps(str(k))}:{json.dumps(str(v))}" for k, v in value.items())
+        return "map[string]string{" + inner + "}"
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    type: str  # Required | Invalid | NotSupported | Forbidden | TooLong | Duplicate
+    field: str
+    value: Any = None
+    detail: str = ""
+
+    def body(self) -> str:
+        prefix = _TYPES[self.type][1]
+        if self.type in ("Required", "Forbidden", "TooLong"):
+            return f"{prefix}: {self.detail}" if self.detail else prefix
+        text = f"{prefix}: {_go_value(self.value)}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.body()}"
+
+    def cause(self) -> dict[str, str]:
+        return {"reason": _TYPES[self.type][0], "message": self.body(), "field": self.field}
+
+
+def required(path: str, detail: str = "") -> FieldError:
+    return FieldError("Required", path, None, detail)
+
+
+def invalid(path: str, value: Any, detail: str) -> FieldError:
+    return FieldError("Invalid", path, value, detail)
+
+
+def not_supported(path: str, value: Any, supported: list[str]) -> FieldError:
+    return FieldError("NotSupported", path, value, "supported values: " + ", ".join(f'"{s}"' for s in supported))
+
+
+def invalid_error(res: Resource, name: str, errs: list[FieldError]) -> errors.StatusError:
+    text = str(errs[0]) if len(errs) == 1 else "[" + ", ".join(str(e) for e in errs) + "]"
+    details: dict[str, Any] = {"name": name, "kind": res.kind, "causes": [e.cause() for e in errs]}
+    if res.group:
+        details["group"] = res.group
+    return errors.StatusError(422, "Invalid", f'{res.kind} "{name}" is invalid: {text}', details)
+
+
+# --- names, labels -------------------------------------------------------------------------
+
+
+def name_errors(rule: str, value: str, path: str) -> list[FieldError]:
+    limit, msg = {"label": (63, DNS1123_LABEL_MSG), "dns1035": (63, DNS1035_LABEL_MSG),
+                  "subdomain": (253, DNS1123_SUBDOMAIN_MSG)}[rule]
+    out = []
+    if len(value) > limit:
+        out.append(invalid(path, value, f"must be no more than {limit} characters"))
+    if not _RE[rule].match(value):
+        out.append(invalid(path, value, msg))
+    return out
+
+
+def qualified_name_errors(key: str, path: str) -> list[FieldError]:
+    prefix, _, name = key.rpartition("/")
+    out = []
+    if "/" in key and not prefix:
+        out.append(invalid(path, key, "prefix part must be non-empty"))
+    elif prefix:
+        out.extend(invalid(path, key, "prefix part " + e.detail) for e in name_errors("subdomain", prefix, path))
+    if not name:
+        out.append(invalid(path, key, "name part must be non-empty"))
+    else:
+        if len(name) > 63:
+            out.append(invalid(path, key, "name part must be no more than 63 characters"))
+        if not _RE["qualified"].match(name):
+            out.append(invalid(path, key, QUALIFIED_NAME_MSG))
+    return out
+
+
+def _labels(labels: Any, path: str) -> list[FieldError]:
+    if labels is None:
+        return []
+    if not isinstance(labels, Mapping):
+        return [invalid(path, labels, "must be a map of string keys to string values")]
+    out = []
+    for key, value in labels.items():
+        out += qualified_name_errors(str(key), path)
+        if not isinstance(value, str):
+            out.append(invalid(f"{path}", value, "label values must be strings"))
+            continue
+        if len(value) > 63:
+            out.append(invalid(path, value, "must be no more than 63 characters"))
+        if not _RE["value"].match(value):
+            out.append(invalid(path, value, LABEL_VALUE_MSG))
+    return out
+
+
+def metadata_errors(res: Resource, obj: Mapping[str, Any]) -> list[FieldError]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return [required("metadata")]
+    out: list[FieldError] = []
+    name = meta.get("name")
+    if not name:
+        out.append(required("metadata.name", "name or generateName is required"))
+    elif not isinstance(name, str):
+        out.append(invalid("metadata.name", name, "must be a string"))
+    else:
+        out += name_errors(res.name_rule, name, "metadata.name")
+    ns = meta.get("namespace")
+    if res.namespaced:
+        if not ns:
+            out.append(required("metadata.namespace"))
+        elif not isinstance(ns, str):
+            out.append(invalid("metadata.namespace", ns, "must be a string"))
+        else:
+            out += name_errors("label", ns, "metadata.namespace")
+    elif ns:
+        out.append(FieldError("Forbidden", "metadata.namespace", ns, "not allowed on this type"))
+    out += _labels(meta.get("labels"), "metadata.labels")
+    ann = meta.get("annotations")
+    if ann is not None:
+        if not isinstance(ann, Mapping) or not all(isinstance(v, str) for v in ann.values()):
+            out.append(invalid("metadata.annotations", ann, "must be a map of string keys to string values"))
+        else:
+            for key in ann:
+                out += qualified_name_errors(str(key), "metadata.annotations")
+    return out
+
+
+# --- apiVersion / kind against the path ------------------------------------------------------
+
+
+def check_type(res: Resource, obj: Any) -> None:
+    """The body must be an object of the path's kind; missing apiVersion/kind default to it
+    (the API server decodes with the endpoint's group-version-kind as the default)."""
+    if not isinstance(obj, dict):
+        raise errors.bad_request(f"the body of the request is not a {res.kind} object "
+                                 f"(got {type(obj).__name__})")
+    api_version = obj.get("apiVersion") or res.api_version
+    kind = obj.get("kind") or res.kind
+    if api_version != res.api_version:
+        raise errors.bad_request(f"the API version in the data ({api_version}) does not match the expected "
+                                 f"API version ({res.api_version})")
+    if kind != res.kind:
+        raise errors.bad_request(f"{kind} in version \"{res.version}\" cannot be handled as a {res.kind}: "
+                                 f"the kind in the data ({kind}) does not match the expected kind ({res.kind})")
+
+
+# --- per-kind checks -------------------------------------------------------------------------
+
+Check = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], list[FieldError]]
+VALIDATORS: dict[str, list[Check]] = {}
+
+
+def register_validator(kind: str) -> Callable[[Check], Check]:
+    """Append a check for ``kind`` (later steps: deep Pod/Service/NetworkPolicy validation)."""
+    def deco(fn: Check) -> Check:
+        VALIDATORS.setdefault(kind, []).append(fn)
+        return fn
+    return deco
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(obj: Mapping[str, Any], key: str, path: str, errs: list[FieldError]) -> list[Any]:
+    """``obj[key]`` as a list (absent = empty); anything else is an error naming the field."""
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        errs.append(invalid(path, value, "must be a list"))
+        return []
+    return value
+
+
+def _port(value: Any, path: str, *, required_: bool = True) -> list[FieldError]:
+    if value is None:
+        return [required(path)] if required_ else []
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        return [invalid(path, value, "must be between 1 and 65535, inclusive")]
+    return []
+
+
+def _containers(spec: Mapping[str, Any], path: str) -> list[FieldError]:
+    containers = spec.get("containers")
+    if not containers:
+        return [required(f"{path}.containers")]
+    if not isinstance(containers, list):
+        return [invalid(f"{path}.containers", containers, "must be a list")]
+    out, seen = [], set()
+    for i, c in enumerate(containers):
+        where = f"{path}.containers[{i}]"
+        c = _obj(c)
+        name = c.get("name")
+        if not name:
+            out.append(required(f"{where}.name"))
+        elif isinstance(name, str):
+            out += name_errors("label", name, f"{where}.name")
+            if name in seen:
+                out.append(FieldError("Duplicate", f"{where}.name", name))
+            seen.add(name)
+        if not c.get("image"):
+            out.append(required(f"{where}.image"))
+        for j, p in enumerate(c.get("ports") or []):
+            out += _port(_obj(p).get("containerPort"), f"{where}.ports[{j}].containerPort")
+    return out
+
+
+@register_validator("Pod")
+def _pod(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        return [required("spec")]
+    return _containers(spec, "spec")
+
+
+SERVICE_TYPES = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]
+
+
+@register_validator("Service")
+def _service(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = _obj(obj.get("spec"))
+    out: list[FieldError] = []
+    stype = spec.get("type", "ClusterIP")
+    if stype not in SERVICE_TYPES:
+        out.append(not_supported("spec.type", stype, SERVICE_TYPES))
+    ports = _items(spec, "ports", "spec.ports", out)
+    if not spec.get("ports") and stype != "ExternalName" and spec.get("clusterIP") != "None":
+        out.append(required("spec.ports"))
+    names: set[str] = set()
+    for i, p in enumerate(ports):
+        p = _obj(p)
+        out += _port(p.get("port"), f"spec.ports[{i}].port")
+        proto = p.get("protocol", "TCP")
+        if proto not in ("TCP", "UDP", "SCTP"):
+            out.append(not_supported(f"spec.ports[{i}].protocol", proto, ["SCTP", "TCP", "UDP"]))
+        if len(ports) > 1 and not p.get("name"):
+            out.append(required(f"spec.ports[{i}].name"))
+        pname = p.get("name")
+        if pname is not None and not isinstance(pname, str):
+            out.append(invalid(f"spec.ports[{i}].name", pname, "must be a string"))
+        elif pname in names:
+            out.append(FieldError("Duplicate", f"spec.ports[{i}].name", pname))
+        elif pname:
+            names.add(pname)
+    affinity = spec.get("sessionAffinity", "None")
+    if affinity not in ("ClientIP", "None"):
+        out.append(not_supported("spec.sessionAffinity", affinity, ["ClientIP", "None"]))
+    return out
+
+
+def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    for k, v in _obj(selector.get("matchLabels")).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        expr = _obj(expr)
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        has = key in labels
+        key = str(key)
+        if (op == "In" and not (has and labels[key] in values)) or (op == "NotIn" and has and labels[key] in values) \
+                or (op == "Exists" and not has) or (op == "DoesNotExist" and has):
+            return False
+    return True
+
+
+def _workload(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = _obj(obj.get("spec"))
+    out: list[FieldError] = []
+    replicas = spec.get("replicas", 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        out.append(invalid("spec.replicas", replicas, "must be greater than or equal to 0"))
+    selector = spec.get("selector")
+    if not isinstance(selector, Mapping) or not (selector.get("matchLabels") or selector.get("matchExpressions")):
+        out.append(required("spec.selector"))
+        selector = None
+    template = _obj(spec.get("template"))
+    labels = _obj(_obj(template.get("metadata")).get("labels"))
+    if selector is not None and not _selector_matches(selector, labels):
+        out.append(invalid("spec.template.metadata.labels", dict(labels), "`selector` does not match template `labels`"))
+    if not isinstance(template.get("spec"), Mapping):
+        out.append(required("spec.template.spec.containers"))
+    else:
+        out += _containers(template["spec"], "spec.template.spec")
+    return out
+
+
+register_validator("Deployment")(_workload)
+register_validator("ReplicaSet")(_workload)
+
+
+@register_validator("EndpointSlice")
+def _endpointslice(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    out: list[FieldError] = []
+    atype = obj.get("addressType")
+    if not atype:
+        out.append(required("addressType"))
+    elif atype not in ("IPv4", "IPv6", "FQDN"):
+        out.append(not_supported("addressType", atype, ["FQDN", "IPv4", "IPv6"]))
+    for i, ep in enumerate(_items(obj, "endpoints", "endpoints", out)):
+        addrs = _obj(ep).get("addresses")
+        if addrs is not None and not isinstance(addrs, list):
+            out.append(invalid(f"endpoints[{i}].addresses", addrs, "must be a list"))
+        elif not addrs:
+            out.append(required(f"endpoints[{i}].addresses", "must contain at least 1 address"))
+        elif len(addrs) > 100:
+            out.append(FieldError("TooLong", f"endpoints[{i}].addresses", None, "may not be more than 100"))
+        elif atype in ("IPv4", "IPv6"):
+            for j, a in enumerate(addrs):
+                out += _ip(a, f"endpoints[{i}].addresses[{j}]", 4 if atype == "IPv4" else 6)
+    for i, p in enumerate(_items(obj, "ports", "ports", out)):
+        out += _port(_obj(p).get("port"), f"ports[{i}].port", required_=False)
+    return out
+
+
+def _ip(value: Any, path: str, family: int | None = None) -> list[FieldError]:
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return [invalid(path, value, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")]
+    if family is not None and addr.version != family:
+        return [invalid(path, value, f"must be an IPv{family} address")]
+    return []
+
+
+@register_validator("Endpoints")
+def _endpoints(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    out: list[FieldError] = []
+    for i, subset in enumerate(_items(obj, "subsets", "subsets", out)):
+        subset = _obj(subset)
+        for key in ("addresses", "notReadyAddresses"):
+            for j, a in enumerate(_items(subset, key, f"subsets[{i}].{key}", out)):
+                ip = _obj(a).get("ip")
+                out += [required(f"subsets[{i}].{key}[{j}].ip")] if not ip else _ip(ip, f"subsets[{i}].{key}[{j}].ip")
+        for j, p in enumerate(_items(subset, "ports", f"subsets[{i}].ports", out)):
+            out += _port(_obj(p).get("port"), f"subsets[{i}].ports[{j}].port")
+    return out
+
+
+@register_validator("Lease")
+def _lease(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = _obj(obj.get("spec"))
+    d = spec.get("leaseDurationSeconds")
+    if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d <= 0):
+        return [invalid("spec.leaseDurationSeconds", d, "must be greater than 0")]
+    return []
+
+
+TAINT_EFFECTS = ["NoExecute", "NoSchedule", "PreferNoSchedule"]
+
+
+@register_validator("Node")
+def _node(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = _obj(obj.get("spec"))
+    out: list[FieldError] = []
+    for i, cidr in enumerate(_items(spec, "podCIDRs", "spec.podCIDRs", out)):
+        try:
+            ipaddress.ip_network(cidr)
+        except (TypeError, ValueError):
+            out.append(invalid(f"spec.podCIDRs[{i}]", cidr, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or "
+                                                             "2001:db8::/64)"))
+    for i, taint in enumerate(_items(spec, "taints", "spec.taints", out)):
+        taint = _obj(taint)
+        if not taint.get("key"):
+            out.append(required(f"spec.taints[{i}].key"))
+        if not isinstance(taint.get("effect"), str) or taint.get("effect") not in TAINT_EFFECTS:
+            out.append(not_supported(f"spec.taints[{i}].effect", taint.get("effect"), TAINT_EFFECTS))
+    return out
+
+
+@register_validator("NetworkPolicy")
+def _netpol(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    out: list[FieldError] = []
+    for i, t in enumerate(_items(_obj(obj.get("spec")), "policyTypes", "spec.policyTypes", out)):
+        if t not in ("Ingress", "Egress"):
+            out.append(not_supported(f"spec.policyTypes[{i}]", t, ["Egress", "Ingress"]))
+    return out
+
+
+@register_validator("Ingress")
+def _ingress(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = _obj(obj.get("spec"))
+    if not spec.get("rules") and not spec.get("defaultBackend"):
+        return [invalid("spec", spec, "either `defaultBackend` or `rules` must be specified")]
+    return []
+
+
+def _data_keys(data: Any, path: str) -> list[FieldError]:
+    if data is not None and not isinstance(data, Mapping):
+        return [invalid(path, data, "must be a map of string keys to string values")]
+    out = []
+    for key in _obj(data):
+        if len(key) > 253:
+            out.append(invalid(f"{path}[{key}]", key, "must be no more than 253 characters"))
+        if not _RE["configkey"].match(key):
+            out.append(invalid(f"{path}[{key}]", key, CONFIG_KEY_MSG))
+    return out
+
+
+@register_validator("ConfigMap")
+def _configmap(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    return _data_keys(obj.get("data"), "data") + _data_keys(obj.get("binaryData"), "binaryData")
+
+
+@register_validator("Secret")
+def _secret(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    out = _data_keys(obj.get("data"), "data")
+    for key, value in _obj(obj.get("data")).items():
+        if not isinstance(value, str):
+            out.append(invalid(f"data[{key}]", "<secret contents redacted>", "must be a base64 string"))
+            continue
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            out.append(invalid(f"data[{key}]", "<secret contents redacted>", "illegal base64 data"))
+    return out
+
+
+@register_validator("Event")
+def _event(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    inv = obj.get("involvedObject")
+    if not isinstance(inv, Mapping):
+        return [required("involvedObject")]
+    ns = _obj(obj.get("metadata")).get("namespace")
+    if inv.get("namespace") and inv.get("namespace") != ns:  # (a list never equals a string)
+        return [invalid("involvedObject.namespace", inv.get("namespace"), "does not match event.namespace")]
+    return []
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def validate(res: Resource, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
+    """Raise 422 Invalid listing every field error of ``obj`` (``old``: the stored object on update)."""
+    errs = metadata_errors(res, obj)
+    for check in VALIDATORS.get(res.kind, ()):
+        errs += check(obj, old)
+    if errs:
+        name = _obj(obj.get("metadata")).get("name") or ""
+        raise invalid_error(res, str(name), errs)

@@ -1,0 +1,1 @@
+"""Kubernetes API clients for the VMs (kubelet, kube-proxy, controllers): see ``client``."""
