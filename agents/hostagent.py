@@ -57,6 +57,7 @@ READY_TIMEOUT = 15.0  # seconds a child may take to write its ready line
 STOP_TIMEOUT = 5.0  # SIGTERM -> SIGKILL
 DETACH_TIMEOUT = 2.0
 MAX_EVENTS = 1000
+AUTO_RESTART_TRIES = 5  # consecutive failed automatic restarts before the agent gives up
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # an RFC 1123 label, as Kubernetes names
 BROKER = "broker"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -259,6 +260,8 @@ class HostAgent:
         self.children: dict[str, Child] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self._seq = itertools.count(1)
+        self._new_event = trio.Event()  # set (and replaced) by every event: wakes `events` long polls
+        self._restart_delay: dict[str, float] = {}  # VM name -> delay_s of its restart policy
         self.exit_requested = trio.Event()
         self._broker_client: triozmq.TrioMgmtClient | None = None
         self.handlers: dict[str, mgmt.Handler] = {
@@ -301,7 +304,13 @@ class HostAgent:
         old = self.children.get(name)
         if old is not None and old.alive:
             raise mgmt.MgmtError(f"name: VM {name} is already {old.state} (pid {old.popen.pid if old.popen else '?'})")
-        return await self._start_vm(name, dict(config), _timeout(args))
+        delay = _restart_policy(args.get("restart"))
+        timeout = _timeout(args)
+        if delay is None:
+            self._restart_delay.pop(name, None)
+        else:
+            self._restart_delay[name] = delay
+        return await self._start_vm(name, dict(config), timeout)
 
     async def restart_vm(self, args: dict[str, Any]) -> dict[str, Any]:
         """Start a stopped or crashed VM again with its saved config (a reboot if running)."""
@@ -318,6 +327,7 @@ class HostAgent:
         timeout = args.get("timeout", STOP_TIMEOUT)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise mgmt.MgmtError(f"timeout: expected seconds > 0, got {timeout!r}")
+        child.stop_requested = True  # also cancels a pending automatic restart of a crashed VM
         await self._stop(child, float(timeout))
         return child.row()
 
@@ -333,13 +343,24 @@ class HostAgent:
     def list_children(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [c.row() for c in self.children.values()]
 
-    def list_events(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    async def list_events(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The last ``limit`` events; with ``since``, the first ``limit`` events after that seq
+        (a cursor that never skips one), waiting up to ``wait_s`` for one to happen."""
         limit = args.get("limit", 100)
         if not isinstance(limit, int) or limit < 0:
             raise mgmt.MgmtError(f"limit: expected an integer >= 0, got {limit!r}")
-        since = args.get("since", 0)
-        events = [e for e in self.events if e["seq"] > since] if since else list(self.events)
-        return events[-limit:] if limit else []
+        since = args.get("since")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+            raise mgmt.MgmtError(f"since: expected an event seq >= 0, got {since!r}")
+        wait_s = args.get("wait_s", 0)
+        if not isinstance(wait_s, int | float) or isinstance(wait_s, bool) or not 0 <= wait_s <= 600:
+            raise mgmt.MgmtError(f"wait_s: expected seconds 0..600, got {wait_s!r}")
+        if since is None:
+            return list(self.events)[-limit:] if limit else []
+        with trio.move_on_after(wait_s):
+            while not self.events or self.events[-1]["seq"] <= since:
+                await self._new_event.wait()
+        return [e for e in self.events if e["seq"] > since][:limit]
 
     async def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         stopped = await self.stop_all()
@@ -418,6 +439,27 @@ class HostAgent:
         if child.kind == "vm":
             await self._detach(child.name)
         child.exited.set()
+        delay = self._restart_delay.get(child.name)
+        if child.kind == "vm" and not child.stop_requested and delay is not None:
+            self.nursery.start_soon(self._auto_restart, child, delay)
+
+    async def _auto_restart(self, child: Child, delay: float, failures: int = 0) -> None:
+        """A VM with a restart policy (the cloud agent: a failover-cluster role) that died
+        without a `stop_vm` is started again after ``delay``, with its saved config; a failed
+        start is retried (at least 1 s apart) up to AUTO_RESTART_TRIES times."""
+        await trio.sleep(delay)
+        if (self.exit_requested.is_set() or self.children.get(child.name) is not child or child.alive
+                or child.stop_requested):
+            return  # shutting down, started again or stopped meanwhile
+        self._event("vm-auto-restart", name=child.name, delay_s=delay, attempt=failures + 1)
+        assert child.config is not None
+        try:
+            await self._start_vm(child.name, child.config, READY_TIMEOUT)
+        except mgmt.MgmtError as exc:
+            log.warning("%s: automatic restart failed: %s", child.name, exc)
+            latest = self.children.get(child.name)
+            if latest is not None and failures + 1 < AUTO_RESTART_TRIES and child.name in self._restart_delay:
+                self.nursery.start_soon(self._auto_restart, latest, max(delay, 1.0), failures + 1)
 
     async def _detach(self, name: str) -> None:
         """Tell the broker a VM is gone (its NICs stop claiming their IPs: traffic -> no_route)."""
@@ -459,6 +501,8 @@ class HostAgent:
     def _event(self, kind: str, **fields: Any) -> None:
         event = {"seq": next(self._seq), "time": time.time(), "kind": kind, **fields}
         self.events.append(event)
+        self._new_event.set()
+        self._new_event = trio.Event()
         log.info("event %s", json.dumps(event))
         try:
             with open(self.run_dir / "events.jsonl", "a") as f:
@@ -476,6 +520,18 @@ def _timeout(args: dict[str, Any]) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise mgmt.MgmtError(f"timeout: expected seconds > 0, got {value!r}")
     return float(value)
+
+
+def _restart_policy(policy: Any) -> float | None:
+    """``restart: {"delay_s": X}`` of ``start_vm``: the delay, or None without a policy."""
+    if policy is None:
+        return None
+    if not isinstance(policy, dict) or set(policy) != {"delay_s"}:
+        raise mgmt.MgmtError(f'restart: expected {{"delay_s": seconds}}, got {policy!r}')
+    delay = policy["delay_s"]
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay <= 3600:
+        raise mgmt.MgmtError(f"restart.delay_s: expected seconds 0..3600, got {delay!r}")
+    return float(delay)
 
 
 def _vm_name(name: Any, key: str) -> str:

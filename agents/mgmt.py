@@ -9,7 +9,9 @@ move frames.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -118,3 +120,62 @@ def call(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeout: 
         return result
     finally:
         sock.close()
+
+
+class AsyncMgmtClient:
+    """A management client (DEALER) for asyncio processes (VMs: MOC calls the host agent).
+
+    Calls may run concurrently from many tasks: one reader task files each reply under its
+    request id; late replies to timed-out calls are dropped.  Close it before terminating
+    its context.
+    """
+
+    def __init__(self, endpoint: str, *, context: Any = None) -> None:
+        import zmq
+        import zmq.asyncio
+
+        self.endpoint = endpoint
+        ctx = context if context is not None else zmq.asyncio.Context.instance()
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[tuple[bool, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def call(self, verb: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+        """Call ``verb``; raise :class:`RemoteError` if refused, TimeoutError if silent."""
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"mgmt-client {self.endpoint}")
+        req_id = next(self._ids)
+        fut: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        try:
+            await self._sock.send_multipart(wire.request(req_id, verb, args))
+            ok, result = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{self.endpoint}: no answer to {verb!r} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(req_id, None)
+        if not ok:
+            raise RemoteError(str(result))
+        return result
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                hdr = wire.decode(frames)
+            except wire.WireError as exc:
+                log.warning("%s: dropped a malformed reply (%s)", self.endpoint, exc)
+                continue
+            if hdr[1] != wire.REPLY:
+                continue
+            fut = self._pending.get(hdr[2])
+            if fut is not None and not fut.done():
+                fut.set_result((bool(hdr[3]), hdr[4]))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self._sock.close(linger=0)

@@ -1,0 +1,871 @@
+"""The MOC cloud agent: management verbs, VM inventory, the HA watcher and lbagent programming.
+
+The cloud agent owns networks, IP pools, VMs and load balancers (FACTS.md, "The HAProxy VM
+and MOC").  It never starts a process itself: every VM is created, stopped and restarted by
+asking the host agent (the node-agent role, product port 45000) on the management plane.  It
+learns of VM deaths from the host agent's event stream (a long poll of ``events {since,
+wait_s}``) and, as the HCI failover cluster would, restarts a VM that died while its desired
+state is ``running`` after ``Timers.ha_restart_delay``.  A VM stopped on purpose (``vm_stop``)
+stays down.  It programs each cluster's HAProxy VM over the *emulated* network (the lbagent,
+TCP 46000, ``PUT /v1/config``), again after every start of that VM.
+
+Everything it decides is written to sqlite (:mod:`.store`) before it acts, so a restarted
+cloud agent (the host agent restarts it: a failover-cluster role) rebuilds its pools from
+the store, resumes the event stream at its saved cursor and reconciles: VMs that should run
+and do not are restarted, load balancers not yet programmed are programmed.
+
+Allocation and validation are sans-IO (:mod:`.pools`); this module only sequences them with
+I/O.  Bookkeeping steps contain no ``await``, so concurrent verbs never see half a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from agents import mgmt
+from agents.mgmt import MgmtError, RemoteError
+from agents.timers import Timers
+
+from . import pools as P
+from .store import ClusterRow, LbRecord, NodePoolRow, Store, VipRow, VmRecord
+
+log = logging.getLogger("hcinet.moc")
+
+START_TIMEOUT = 20.0  # a VM's ready line (the host agent's start_vm timeout)
+CALL_MARGIN = 10.0
+EVENTS_WAIT_S = 5.0  # long poll of the host agent's events
+LBAGENT_PORT = 46000  # cloud agent -> lbagent on the LB VM (FACTS.md)
+LB_RETRY_MIN, LB_RETRY_MAX = 0.1, 2.0
+HA_TRIES = 5  # failed restarts of one VM before MOC gives up (and says so in `status`)
+ROLES = ("apiserver", "haproxy", "node", "client")
+
+
+class HostAgentApi(Protocol):
+    """What MOC needs of a management client: ``agents.mgmt.AsyncMgmtClient`` or a fake."""
+
+    async def call(self, verb: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any: ...
+
+
+# (lb ip, lbagent document) -> raises on failure; the default speaks HTTP over the VM's stack.
+LbProgrammer = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ClusterState:
+    spec: P.ClusterSpec
+    vip: str
+    warnings: list[str]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _err(exc: P.PoolError) -> MgmtError:
+    return MgmtError(str(exc))
+
+
+class CloudAgent:
+    """The cloud agent's state and verbs; ``start()`` loads the store and starts the watchers."""
+
+    VERBS = ("status", "network_create", "network_get", "cluster_create", "cluster_get", "cluster_delete",
+             "nodepool_create", "nodepool_scale", "nodepool_delete", "client_create", "vm_list", "vm_stop",
+             "vm_start", "loadbalancers", "networkinterfaces", "wait_ready")
+
+    def __init__(self, *, store: Store, hostagent: HostAgentApi, timers: Timers, run_dir: str,
+                 broker: str, lb_programmer: LbProgrammer | None = None,
+                 broker_api: HostAgentApi | None = None, kinds: Mapping[str, str] | None = None,
+                 reserved: Mapping[str, str] | None = None) -> None:
+        self.store = store
+        self.hostagent = hostagent
+        self.broker_api = broker_api
+        self.timers = timers
+        self.run_dir = run_dir
+        self.broker = broker
+        self.lb_programmer = lb_programmer
+        self.kinds = dict(kinds or {})  # role -> VM kind to run (tests use "plain" stand-ins)
+        self.reserved = dict(reserved or {})  # addresses no pool may hold (the cloud agent's own)
+        self.ipam = P.Ipam()
+        self.clusters: dict[str, ClusterState] = {}
+        self.vms: dict[str, VmRecord] = {}
+        self.lbs: dict[str, LbRecord] = {}
+        self.events_seen = 0  # the host-agent event seq acted on (tests wait on it)
+        self.ha_restarts = 0
+        self.ha_failures: dict[str, str] = {}  # VM -> why MOC gave up restarting it
+        self._restarts: dict[str, asyncio.Task[None]] = {}
+        self._programming: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._hostagent_pid: int | None = None
+        self.handlers: dict[str, mgmt.Handler] = {verb: getattr(self, verb) for verb in self.VERBS}
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Rebuild pools and inventory from the store (no I/O beyond sqlite)."""
+        for doc, segment in self.store.networks():
+            spec = P.parse_network(doc, self.ipam.specs())
+            self.ipam.add_network(spec, segment)
+        for row in self.store.clusters():
+            pools = [P.NodePoolSpec(name=p.name, os_type=p.os_type, count=p.count)
+                     for p in self.store.nodepools(row.name)]
+            cspec, _ = P.parse_cluster(row.spec, list(self.ipam.networks))
+            self.clusters[row.name] = ClusterState(cspec.with_pools(pools), row.vip or "", list(row.warnings))
+            self.ipam.restore_cluster(row.name, row.network, row.reservation)
+        for vm in self.store.vms():
+            self.vms[vm.name] = vm
+            node = self.ipam.get(vm.network).node
+            if node is not None:
+                for ip in vm.ips:
+                    addr = ipaddress.ip_address(ip)
+                    if addr in node.range:
+                        node.take(addr, vm.cluster, vm.name)
+        for vip in self.store.vips():
+            pool = self.ipam.get(vip.network).vip
+            if pool is not None:
+                pool.take(ipaddress.ip_address(vip.ip), vip.cluster, vip.holder, vip.port)
+        for lb in self.store.lbs():
+            self.lbs[lb.name] = lb
+
+    async def start(self) -> None:
+        """Load state, learn which host agent this is, reconcile, start the watchers."""
+        self.load()
+        ping = await self.hostagent.call("ping", {}, timeout=CALL_MARGIN)
+        self._hostagent_pid = int(ping.get("pid", 0)) if isinstance(ping, dict) else 0
+        if self.store.get_meta("hostagent_pid") != self._hostagent_pid:
+            # A different host agent numbers its events from 1 again: the old cursor means nothing.
+            self.store.set_meta("hostagent_pid", self._hostagent_pid)
+            self.store.set_event_cursor(0)
+        self.events_seen = self.store.event_cursor
+        self._spawn(self._watch_events(), "ha-watcher")
+        self._spawn(self._reconcile(), "reconcile")
+        for lb in self.lbs.values():
+            if not lb.programmed:
+                self._program(lb.name)
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *self._restarts.values(), *self._programming.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- host agent -----------------------------------------------------------------------
+
+    async def _ha(self, verb: str, args: dict[str, Any], timeout: float = CALL_MARGIN) -> Any:
+        return await self.hostagent.call(verb, args, timeout=timeout)
+
+    async def _start_vm(self, vm: VmRecord) -> dict[str, Any]:
+        reply = await self._ha("start_vm", {"config": vm.config, "timeout": START_TIMEOUT},
+                               timeout=START_TIMEOUT + CALL_MARGIN)
+        return await self._started(vm, reply)
+
+    async def _restart_vm(self, vm: VmRecord) -> dict[str, Any]:
+        reply = await self._ha("restart_vm", {"name": vm.name, "timeout": START_TIMEOUT},
+                               timeout=START_TIMEOUT + CALL_MARGIN)
+        return await self._started(vm, reply)
+
+    async def _started(self, vm: VmRecord, reply: Any) -> dict[str, Any]:
+        reply = dict(reply) if isinstance(reply, dict) else {}
+        if _leased(vm) and reply.get("mgmt"):
+            await self._learn_lease(vm, str(reply["mgmt"]))
+        return reply
+
+    async def _learn_lease(self, vm: VmRecord, endpoint: str) -> None:
+        """DHCP model: the VM leased its address before it said ready; ask it which."""
+        client = mgmt.AsyncMgmtClient(endpoint)
+        try:
+            stats = await client.call("stats", {}, timeout=5.0)
+        except (RemoteError, TimeoutError) as exc:
+            log.warning("%s: cannot read its leased address: %s", vm.name, exc)
+            return
+        finally:
+            client.close()
+        claims = stats.get("claims", {}) if isinstance(stats, dict) else {}
+        ips = [str(ip) for ip in claims.get("eth0", [])]
+        if ips and vm.name in self.vms:
+            self._put_vm(replace(self.vms[vm.name], ips=ips))
+
+    async def _host_rows(self) -> dict[str, dict[str, Any]]:
+        rows = await self._ha("list", {})
+        return {r["name"]: r for r in rows if isinstance(r, dict) and r.get("kind") == "vm"}
+
+    # --- inventory helpers -----------------------------------------------------------------
+
+    def _put_vm(self, vm: VmRecord) -> None:
+        self.store.put_vm(vm)
+        self.vms[vm.name] = vm
+
+    def _forget_vm(self, name: str) -> None:
+        vm = self.vms.pop(name, None)
+        if vm is None:
+            return
+        self.ipam.release_vm(vm.network, name)
+        self.store.delete_vm(name)
+        task = self._restarts.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    def _vm(self, args: dict[str, Any]) -> VmRecord:
+        name = mgmt.require(args, "name", str)
+        vm = self.vms.get(name)
+        if vm is None:
+            known = ", ".join(sorted(self.vms)) or "none"
+            raise MgmtError(f"name: no VM named {name} in MOC's inventory (known: {known})")
+        return vm
+
+    def _cluster(self, args: dict[str, Any], key: str = "name") -> ClusterState:
+        name = mgmt.require(args, key, str)
+        state = self.clusters.get(name)
+        if state is None:
+            known = ", ".join(sorted(self.clusters)) or "none"
+            raise MgmtError(f"{key}: no cluster named {name} (clusters: {known})")
+        return state
+
+    def _vm_config(self, *, name: str, role: str, net: P.NetworkPools, ip: P.IPAddress | None,
+                   extra: dict[str, Any]) -> VmRecord:
+        """A VM record and the config the host agent gets (docs/contracts-control-plane.md)."""
+        spec = net.spec
+        mac = P.mac_for(ip) if ip is not None else P.mac_for_name(name)
+        nic: dict[str, Any] = {"name": "eth0", "network": net.segment, "mac": mac,
+                               "gateway": str(spec.gateway), "mtu": spec.mtu}
+        if ip is None:
+            nic.update(dhcp=True, addresses=[])
+        else:
+            nic["addresses"] = [f"{ip}/{spec.prefix.prefixlen}"]
+        kind = self.kinds.get(role, "plain" if role == "client" else role)
+        config = {"name": name, "kind": kind, "nics": [nic], "routes": [], "apps": [],
+                  "time_scale": self.timers.time_scale, "run_dir": self.run_dir, "broker": self.broker,
+                  **extra}
+        return VmRecord(name=name, kind=role, cluster=extra.get("cluster"), pool=extra.get("pool"),
+                        network=spec.name, ips=[str(ip)] if ip is not None else [], mac=mac,
+                        desired="running", config=config)
+
+    def _node_vm(self, cluster: ClusterState, pool: P.NodePoolSpec, index: int, net: P.NetworkPools) -> VmRecord:
+        name = f"{pool.name}-{index}"
+        ip = self.ipam.allocate_node_ip(net.spec.name, cluster.spec.name, name)
+        return self._vm_config(name=name, role="node", net=net, ip=ip, extra={
+            "cluster": cluster.spec.name, "pool": pool.name, "os": pool.os_type,
+            "apiserver": f"{cluster.vip}:{P.APISERVER_PORT}", "max_pods": cluster.spec.max_pods,
+            "network_plugin": cluster.spec.network_plugin})
+
+    def _check_names(self, names: list[str], field_name: str) -> None:
+        for name in names:
+            if name in self.vms:
+                raise MgmtError(f"{field_name}: VM {name} already exists")
+
+    async def _start_all(self, vms: list[VmRecord]) -> list[str]:
+        """Start VMs concurrently; return the failures (one line each)."""
+        failures: list[str] = []
+
+        async def one(vm: VmRecord) -> None:
+            try:
+                await self._start_vm(vm)
+            except (RemoteError, TimeoutError) as exc:
+                failures.append(str(exc))
+
+        await asyncio.gather(*(one(vm) for vm in vms))
+        return failures
+
+    async def _stop_all(self, names: list[str]) -> None:
+        async def one(name: str) -> None:
+            try:
+                await self._ha("stop_vm", {"name": name}, timeout=CALL_MARGIN + 5)
+            except (RemoteError, TimeoutError) as exc:  # never started, or gone already
+                log.info("stop %s: %s", name, exc)
+
+        await asyncio.gather(*(one(n) for n in names))
+
+    # --- networks -------------------------------------------------------------------------
+
+    async def network_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            spec = P.parse_network(args, self.ipam.specs(), self.reserved)
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        segment = P.segment_of(spec, ((n.spec, n.segment) for n in self.ipam.networks.values()))
+        if segment == spec.name and self.broker_api is not None:
+            await self._broker_network(spec)
+        if spec.name in self.ipam.networks:  # created meanwhile by a concurrent call
+            raise MgmtError(f"name: network {spec.name} already exists")
+        try:
+            self.ipam.add_network(spec, segment)
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        self.store.put_network(spec.name, segment, spec.doc())
+        return {**spec.doc(), "model": spec.model, "segment": segment}
+
+    async def _broker_network(self, spec: P.NetworkSpec) -> None:
+        """Make sure the datacenter has the segment (the runner may have added it already)."""
+        assert self.broker_api is not None
+        args = {"name": spec.name, "prefix": str(spec.prefix), "gateway": str(spec.gateway),
+                "vlan": spec.vlan_id, "mtu": spec.mtu, "external": spec.external}
+        try:
+            await self.broker_api.call("add_network", args, timeout=CALL_MARGIN)
+        except RemoteError as exc:
+            if "already exists" not in str(exc):
+                raise MgmtError(f"ipAddressPrefix: the datacenter refused network {spec.name}: {exc}") from None
+
+    def network_get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        name = args.get("name")
+        usage = {u["name"]: u for u in self.ipam.usage()}
+        if name is not None and name not in self.ipam.networks:
+            self._no_network(name)
+        return [{**n.spec.doc(), "model": n.spec.model, "usage": usage[n.spec.name]}
+                for n in self.ipam.networks.values() if name is None or n.spec.name == name]
+
+    def _no_network(self, name: Any) -> None:
+        known = ", ".join(sorted(self.ipam.networks)) or "none yet"
+        raise MgmtError(f"name: no network named {name!r} (networks: {known})")
+
+    # --- clusters -------------------------------------------------------------------------
+
+    async def cluster_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            spec, warnings = P.parse_cluster(args, list(self.ipam.networks))
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        if spec.name in self.clusters:
+            raise MgmtError(f"name: cluster {spec.name} already exists")
+        names = [f"{spec.name}-control-plane-{i}" for i in range(spec.control_plane_count)]
+        names += [f"{spec.name}-lb"] if spec.has_lb_vm else []
+        self._check_names(names, "name")
+        for i, pool in enumerate(spec.node_pools):
+            self._check_names([f"{pool.name}-{k}" for k in range(pool.count)], f"nodePools[{i}].name")
+        vms, lb = self._plan_cluster(spec, warnings)  # raises before anything is recorded
+        state = self.clusters[spec.name]
+        async with state.lock:
+            failures = await self._start_all(vms)
+            if failures:
+                await self._stop_all([vm.name for vm in vms])
+                self._drop_cluster(spec.name)
+                raise MgmtError(f"{spec.name}: {failures[0]}")
+        return {"name": spec.name, "vnet": spec.vnet, "vip": state.vip, "loadBalancer": lb.name,
+                "vms": [{"name": vm.name, "role": vm.kind, "ips": vm.ips} for vm in vms],
+                "warnings": warnings}
+
+    def _plan_cluster(self, spec: P.ClusterSpec, warnings: list[str]) -> tuple[list[VmRecord], LbRecord]:
+        """Reserve, allocate and record a whole cluster in one transaction (no await)."""
+        try:
+            self.ipam.reserve_cluster(spec)
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        net = self.ipam.get(spec.vnet)
+        try:
+            vip = str(self.ipam.allocate_vip(spec.vnet, spec.name, "apiserver"))
+            state = ClusterState(spec, vip, list(warnings))
+            vms: list[VmRecord] = []
+            for i in range(spec.control_plane_count):
+                name = f"{spec.name}-control-plane-{i}"
+                ip = self.ipam.allocate_node_ip(spec.vnet, spec.name, name)
+                vms.append(self._vm_config(name=name, role="apiserver", net=net, ip=ip, extra={
+                    "cluster": spec.name, "pool": "control-plane", "vip": vip,
+                    "state_dir": f"{self.run_dir}/clusters/{spec.name}", "kube_vip": not spec.has_lb_vm}))
+            if spec.has_lb_vm:
+                name = f"{spec.name}-lb"
+                ip = self.ipam.allocate_node_ip(spec.vnet, spec.name, name)
+                vms.append(self._vm_config(name=name, role="haproxy", net=net, ip=ip,
+                                           extra={"cluster": spec.name, "pool": "lb"}))
+            for pool in spec.node_pools:
+                vms.extend(self._node_vm(state, pool, k, net) for k in range(pool.count))
+        except P.PoolError as exc:
+            self.ipam.release_cluster(spec.name)
+            raise _err(exc) from None
+        lb = LbRecord(name=f"{spec.name}-lb" if spec.has_lb_vm else f"{spec.name}-kube-vip", cluster=spec.name,
+                      network=spec.vnet, vip=vip, sku=spec.lb_sku, lb_vm=f"{spec.name}-lb" if spec.has_lb_vm else None,
+                      config=self._lb_doc(vip, [v for v in vms if v.kind == "apiserver"]),
+                      programmed=not spec.has_lb_vm)
+        doc = {k: v for k, v in spec.doc().items() if k != "nodePools"}
+        with self.store.tx():
+            self.store.put_cluster(ClusterRow(name=spec.name, network=spec.vnet, spec=doc,
+                                              reservation=self.ipam.reservation(spec.name, spec.vnet),
+                                              vip=vip, warnings=list(warnings)))
+            for pool in spec.node_pools:
+                self.store.put_nodepool(NodePoolRow(cluster=spec.name, name=pool.name, os_type=pool.os_type,
+                                                    count=pool.count))
+            self.store.put_vip(VipRow(network=spec.vnet, ip=vip, cluster=spec.name, holder="apiserver", port=None))
+            for vm in vms:
+                self._put_vm(vm)
+            self.store.put_lb(lb)
+        self.clusters[spec.name] = state
+        self.lbs[lb.name] = lb
+        return vms, lb
+
+    def _lb_doc(self, vip: str, control_planes: list[VmRecord]) -> dict[str, Any]:
+        """The lbagent document: the API server VIP:6443 -> control plane :6443 (mode tcp).
+        A control plane with a lease not learned yet has no address (``""``)."""
+        servers = [{"name": vm.name, "address": vm.ips[0] if vm.ips else "", "port": P.APISERVER_PORT}
+                   for vm in control_planes]
+        return {"vips": [vip],
+                "frontends": [{"name": "apiserver", "bind": f"{vip}:{P.APISERVER_PORT}", "backend": "apiserver"}],
+                "backends": [{"name": "apiserver", "balance": "roundrobin",
+                              "check": {"inter": self.timers.haproxy_check_inter, "rise": 2, "fall": 3},
+                              "servers": servers}]}
+
+    def _drop_cluster(self, name: str) -> None:
+        """Forget a cluster and free its addresses (its VMs are stopped by the caller)."""
+        for vm in [v for v in self.vms.values() if v.cluster == name]:
+            self._forget_vm(vm.name)
+        for lb in [lb for lb in self.lbs.values() if lb.cluster == name]:
+            self.lbs.pop(lb.name, None)
+            task = self._programming.pop(lb.name, None)
+            if task is not None:
+                task.cancel()
+        self.ipam.release_cluster(name)
+        self.store.delete_cluster(name)
+        self.clusters.pop(name, None)
+
+    async def cluster_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        state = self._cluster(args)
+        name = state.spec.name
+        async with state.lock:
+            if name not in self.clusters:
+                raise MgmtError(f"name: no cluster named {name}")
+            vms = [v.name for v in self.vms.values() if v.cluster == name]
+            for vm in vms:  # no HA restart of what is being deleted
+                self.vms[vm] = replace(self.vms[vm], desired="stopped")
+                self.store.set_desired(vm, "stopped")
+                task = self._restarts.pop(vm, None)
+                if task is not None:
+                    task.cancel()
+            await self._stop_all(vms)
+            self._drop_cluster(name)
+        return {"deleted": name, "vms": vms}
+
+    def cluster_get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        name = args.get("name")
+        if name is not None:
+            self._cluster(args)
+        return [self._cluster_row(c) for c in self.clusters.values() if name is None or c.spec.name == name]
+
+    def _cluster_row(self, c: ClusterState) -> dict[str, Any]:
+        lb = next((lb for lb in self.lbs.values() if lb.cluster == c.spec.name), None)
+        return {**c.spec.doc(), "vip": c.vip, "warnings": c.warnings,
+                "loadBalancer": None if lb is None else {"name": lb.name, "programmed": lb.programmed},
+                "vms": [v.name for v in self.vms.values() if v.cluster == c.spec.name]}
+
+    # --- node pools -----------------------------------------------------------------------
+
+    async def nodepool_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        state = self._cluster(args, "cluster")
+        body = {k: v for k, v in args.items() if k != "cluster"}
+        try:
+            pool = P.parse_node_pool(body, "", state.spec.name)
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        async with state.lock:
+            if any(p.name == pool.name for c in self.clusters.values() for p in c.spec.node_pools):
+                raise MgmtError(f"name: node pool {pool.name} already exists")
+            self._check_names([f"{pool.name}-{k}" for k in range(pool.count)], "name")
+            state.spec = state.spec.with_pools([*state.spec.node_pools, P.NodePoolSpec(
+                name=pool.name, os_type=pool.os_type, count=0)])
+            self.store.put_nodepool(NodePoolRow(cluster=state.spec.name, name=pool.name,
+                                                os_type=pool.os_type, count=0))
+            try:
+                return await self._scale(state, pool.name, pool.count)
+            except MgmtError:
+                self._remove_pool(state, pool.name)
+                raise
+
+    async def nodepool_scale(self, args: dict[str, Any]) -> dict[str, Any]:
+        state = self._cluster(args, "cluster")
+        name = mgmt.require(args, "name", str)
+        count = mgmt.require(args, "nodeCount", int)
+        if isinstance(count, bool) or not 0 <= count <= 1000:
+            raise MgmtError(f"nodeCount: expected 0..1000, got {count!r}")
+        async with state.lock:
+            try:
+                state.spec.pool(name)
+            except P.PoolError as exc:
+                raise _err(exc) from None
+            return await self._scale(state, name, count)
+
+    async def nodepool_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        state = self._cluster(args, "cluster")
+        name = mgmt.require(args, "name", str)
+        async with state.lock:
+            try:
+                state.spec.pool(name)
+            except P.PoolError as exc:
+                raise _err(exc) from None
+            result = await self._scale(state, name, 0)
+            self._remove_pool(state, name)
+        return {**result, "deleted": name}
+
+    def _remove_pool(self, state: ClusterState, name: str) -> None:
+        state.spec = state.spec.with_pools([p for p in state.spec.node_pools if p.name != name])
+        self.store.delete_nodepool(state.spec.name, name)
+
+    async def _scale(self, state: ClusterState, name: str, count: int) -> dict[str, Any]:
+        """Add or remove node VMs of one pool (held: the cluster's lock)."""
+        spec = state.spec
+        pool = spec.pool(name)
+        current = sorted((v for v in self.vms.values() if v.cluster == spec.name and v.pool == name),
+                         key=lambda v: _index(v.name))
+        if count > len(current):
+            added = await self._grow(state, pool, count - len(current), current)
+            return {"cluster": spec.name, "name": name, "nodeCount": count, "added": added, "removed": []}
+        removed = [v.name for v in current[count:]]
+        for vm in removed:
+            self.vms[vm] = replace(self.vms[vm], desired="stopped")
+            self.store.set_desired(vm, "stopped")
+        await self._stop_all(removed)
+        for vm in removed:
+            self._forget_vm(vm)
+        self.ipam.shrink(spec.name, spec.vnet, len(removed))
+        self._set_count(state, pool, count)
+        return {"cluster": spec.name, "name": name, "nodeCount": count, "added": [], "removed": removed}
+
+    async def _grow(self, state: ClusterState, pool: P.NodePoolSpec, more: int,
+                    current: list[VmRecord]) -> list[str]:
+        spec = state.spec
+        net = self.ipam.get(spec.vnet)
+        used = {_index(v.name) for v in current}
+        indices = list(itertools.islice((i for i in itertools.count() if i not in used), more))
+        self._check_names([f"{pool.name}-{i}" for i in indices], "name")
+        try:
+            self.ipam.grow(spec.name, spec.vnet, more, pool.name)
+            new = [self._node_vm(state, pool, i, net) for i in indices]
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        with self.store.tx():
+            for vm in new:
+                self._put_vm(vm)
+            self._set_count(state, pool, len(current) + more)
+        failures = await self._start_all(new)
+        if failures:
+            await self._stop_all([vm.name for vm in new])
+            for vm in new:
+                self._forget_vm(vm.name)
+            self.ipam.shrink(spec.name, spec.vnet, more)
+            self._set_count(state, pool, len(current))
+            raise MgmtError(f"{pool.name}: {failures[0]}")
+        return [vm.name for vm in new]
+
+    def _set_count(self, state: ClusterState, pool: P.NodePoolSpec, count: int) -> None:
+        """Record a pool's node count and the cluster's node-pool reservation."""
+        spec = state.spec
+        state.spec = spec.with_pools([P.NodePoolSpec(name=p.name, os_type=p.os_type, count=count)
+                                      if p.name == pool.name else p for p in spec.node_pools])
+        with self.store.tx():
+            self.store.put_nodepool(NodePoolRow(cluster=spec.name, name=pool.name, os_type=pool.os_type,
+                                                count=count))
+            self.store.set_reservation(spec.name, self.ipam.reservation(spec.name, spec.vnet))
+
+    # --- client VMs -----------------------------------------------------------------------
+
+    async def client_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A client VM on a MOC network (fixed ``ip`` outside the pools, or ``dhcp: true``)."""
+        name = mgmt.require(args, "name", str)
+        if name in self.vms:
+            raise MgmtError(f"name: VM {name} already exists")
+        network = mgmt.require(args, "network", str)
+        if network not in self.ipam.networks:
+            self._no_network(network)
+        net = self.ipam.get(network)
+        ip = self._client_ip(args, net)
+        apps = args.get("apps", [])
+        if not isinstance(apps, list | tuple) or not all(isinstance(a, Mapping) for a in apps):
+            raise MgmtError("apps: expected a list of {kind, port} objects")
+        apps = [dict(a) for a in apps]
+        kind = args.get("kind", self.kinds.get("client", "plain"))
+        if not isinstance(kind, str):
+            raise MgmtError(f"kind: expected a VM kind, got {kind!r}")
+        vm = self._vm_config(name=name, role="client", net=net, ip=ip, extra={"apps": apps})
+        vm = replace(vm, config={**vm.config, "kind": kind})
+        self._put_vm(vm)
+        failures = await self._start_all([vm])
+        if failures:
+            self._forget_vm(name)
+            raise MgmtError(failures[0])
+        vm = self.vms.get(name, vm)
+        return {"name": name, "network": network, "ips": vm.ips, "mac": vm.mac}
+
+    def _client_ip(self, args: dict[str, Any], net: P.NetworkPools) -> P.IPAddress | None:
+        if args.get("dhcp") is True:
+            if net.spec.dhcp_scope is None:
+                raise MgmtError(f"dhcp: network {net.spec.name} has no DHCP scope (static IP model)")
+            return None
+        text = mgmt.require(args, "ip", str)
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise MgmtError(f"ip: {text!r} is not an IP address") from None
+        if ip not in net.spec.prefix:
+            raise MgmtError(f"ip: {ip} is outside network {net.spec.name} ({net.spec.prefix})")
+        inside = self.ipam.pool_containing(net.spec.name, ip)
+        if inside is not None:
+            raise MgmtError(f"ip: {ip} lies inside {inside} of network {net.spec.name}")
+        if ip == net.spec.gateway or str(ip) in self.reserved:
+            raise MgmtError(f"ip: {ip} is taken ({'the gateway' if ip == net.spec.gateway else self.reserved[str(ip)]})")
+        for vm in self.vms.values():
+            if vm.network == net.spec.name and str(ip) in vm.ips:
+                raise MgmtError(f"ip: {ip} is already used by VM {vm.name}")
+        return ip
+
+    # --- VM power state -------------------------------------------------------------------
+
+    async def vm_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Power off: desired state ``stopped`` first, so the HA watcher leaves it down."""
+        vm = self._vm(args)
+        self.store.set_desired(vm.name, "stopped")
+        self.vms[vm.name] = replace(vm, desired="stopped")
+        task = self._restarts.pop(vm.name, None)
+        if task is not None:
+            task.cancel()
+        try:
+            row = await self._ha("stop_vm", {"name": vm.name}, timeout=CALL_MARGIN + 5)
+        except RemoteError as exc:
+            raise MgmtError(str(exc)) from None
+        return {"name": vm.name, "desired": "stopped", "state": row.get("state")}
+
+    async def vm_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        vm = self._vm(args)
+        self.store.set_desired(vm.name, "running")
+        self.vms[vm.name] = replace(vm, desired="running")
+        row = (await self._host_rows()).get(vm.name)
+        if row is not None and row.get("state") == "running":
+            return {"name": vm.name, "desired": "running", "state": "running", "pid": row.get("pid")}
+        try:
+            if row is None:
+                reply = await self._start_vm(vm)
+            else:
+                reply = await self._restart_vm(vm)
+        except RemoteError as exc:
+            raise MgmtError(str(exc)) from None
+        return {"name": vm.name, "desired": "running", "state": "running", "pid": reply.get("pid")}
+
+    # --- the HA watcher -------------------------------------------------------------------
+
+    async def _watch_events(self) -> None:
+        """Long-poll the host agent's events from the saved cursor; act on each once."""
+        backoff = 0.1
+        while True:
+            try:
+                events = await self._ha("events", {"since": self.events_seen, "wait_s": EVENTS_WAIT_S,
+                                                   "limit": 500}, timeout=EVENTS_WAIT_S + CALL_MARGIN)
+            except (RemoteError, TimeoutError) as exc:
+                log.warning("host agent events: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            if events and self.events_seen and events[0].get("seq", 0) > self.events_seen + 1:
+                log.warning("missed host agent events %d..%d: reconciling", self.events_seen + 1, events[0]["seq"] - 1)
+                self._spawn(self._reconcile(), "reconcile")
+            for event in events:
+                try:
+                    self._on_event(event)
+                except Exception:  # a strange event must not stop the watcher
+                    log.exception("host agent event %s", event)
+                self.events_seen = max(self.events_seen, int(event.get("seq", 0)))
+            if events:
+                self.store.set_event_cursor(self.events_seen)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        vm = self.vms.get(str(event.get("name")))
+        if vm is None:
+            return
+        kind = event.get("kind")
+        if kind == "vm-exited" and not event.get("expected") and vm.desired == "running":
+            log.info("%s died (%s): restarting in %g s", vm.name, event.get("signal") or f"code {event.get('code')}",
+                     self.timers.ha_restart_delay)
+            self._schedule_restart(vm.name)
+        elif kind == "vm-started" and vm.kind == "haproxy":
+            for lb in self.lbs.values():
+                if lb.lb_vm == vm.name:
+                    self._program(lb.name, reprogram=True)
+
+    def _schedule_restart(self, name: str) -> None:
+        task = self._restarts.get(name)
+        if task is not None and not task.done():
+            return
+        self._restarts[name] = asyncio.get_running_loop().create_task(self._restart(name), name=f"ha {name}")
+
+    async def _restart(self, name: str) -> None:
+        """The failover cluster's restart: after the HA delay, if it should still run."""
+        for attempt in range(HA_TRIES):
+            await asyncio.sleep(self.timers.ha_restart_delay)
+            vm = self.vms.get(name)
+            if vm is None or vm.desired != "running":
+                return
+            try:
+                row = (await self._host_rows()).get(name)
+                if row is not None and row.get("state") in ("running", "starting"):
+                    return  # someone started it meanwhile
+                if row is None:
+                    await self._start_vm(vm)
+                else:
+                    await self._restart_vm(vm)
+            except (RemoteError, TimeoutError) as exc:
+                log.warning("HA restart of %s (attempt %d) failed: %s", name, attempt + 1, exc)
+                continue
+            self.ha_restarts += 1
+            self.ha_failures.pop(name, None)
+            log.info("HA restarted %s", name)
+            return
+        self.ha_failures[name] = f"{HA_TRIES} restarts failed"
+
+    async def _reconcile(self) -> None:
+        """After a (re)start: make the host agent's VMs match the desired states."""
+        try:
+            rows = await self._host_rows()
+        except (RemoteError, TimeoutError) as exc:
+            log.warning("reconcile: %s", exc)
+            return
+        for vm in list(self.vms.values()):
+            state = rows.get(vm.name, {}).get("state")
+            if vm.desired == "running" and state not in ("running", "starting"):
+                self._schedule_restart(vm.name)
+            elif vm.desired == "stopped" and state == "running":
+                with contextlib.suppress(RemoteError, TimeoutError):
+                    await self._ha("stop_vm", {"name": vm.name}, timeout=CALL_MARGIN + 5)
+
+    # --- load balancer programming ----------------------------------------------------------
+
+    def _program(self, name: str, *, reprogram: bool = False) -> None:
+        lb = self.lbs.get(name)
+        if lb is None or lb.lb_vm is None:
+            return
+        if reprogram and lb.programmed:
+            lb = replace(lb, programmed=False)
+            self.lbs[name] = lb
+            self.store.set_programmed(name, False)
+        task = self._programming.get(name)
+        if task is not None and not task.done():
+            task.cancel()  # a newer start of the LB VM: begin again
+        self._programming[name] = asyncio.get_running_loop().create_task(self._program_loop(name),
+                                                                         name=f"lb {name}")
+
+    async def _program_loop(self, name: str) -> None:
+        """PUT the config to the lbagent until it takes it (the VM may still be booting)."""
+        delay = LB_RETRY_MIN
+        while True:
+            lb = self.lbs.get(name)
+            vm = self.vms.get(lb.lb_vm) if lb is not None and lb.lb_vm else None
+            if lb is None or vm is None:
+                return
+            doc = self._lb_doc(lb.vip, [v for v in self.vms.values() if v.cluster == lb.cluster
+                                        and v.kind == "apiserver"])
+            if doc != lb.config:  # a control plane's lease learned or changed
+                lb = replace(lb, config=doc)
+                self.lbs[name] = lb
+                self.store.put_lb(lb)
+            addresses_known = all(s["address"] for b in doc["backends"] for s in b["servers"])
+            if vm.ips and addresses_known:
+                try:
+                    await (self.lb_programmer or self._put_lbagent)(vm.ips[0], lb.config)
+                except Exception as exc:  # refused, unreachable, not up yet: try again
+                    log.info("programming %s at %s:%d: %s", name, vm.ips[0], LBAGENT_PORT, exc)
+                else:
+                    self.lbs[name] = replace(lb, programmed=True)
+                    self.store.set_programmed(name, True)
+                    log.info("load balancer %s programmed (VIP %s)", name, lb.vip)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LB_RETRY_MAX)
+
+    async def _put_lbagent(self, ip: str, doc: dict[str, Any]) -> None:
+        raise RuntimeError("no network: the cloud agent VM supplies the lbagent client")
+
+    # --- reports --------------------------------------------------------------------------
+
+    def _vm_rows(self, host: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = []
+        for vm in self.vms.values():
+            h = host.get(vm.name, {})
+            rows.append({"name": vm.name, "role": vm.kind, "kind": vm.config.get("kind"), "cluster": vm.cluster,
+                         "pool": vm.pool, "network": vm.network, "ips": vm.ips, "mac": vm.mac,
+                         "desired": vm.desired, "state": h.get("state", "absent"), "pid": h.get("pid"),
+                         "mgmt": h.get("mgmt")})
+        return rows
+
+    async def vm_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._vm_rows(await self._host_rows())
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            host = await self._host_rows()
+        except (RemoteError, TimeoutError) as exc:
+            host = {}
+            warnings = [f"host agent: {exc}"]
+        else:
+            warnings = []
+        for c in self.clusters.values():
+            warnings += [f"{c.spec.name}: {w}" for w in c.warnings]
+        for lb in self.lbs.values():
+            if not lb.programmed:
+                warnings.append(f"{lb.cluster}: load balancer {lb.name} is not programmed yet")
+        vms = self._vm_rows(host)
+        for row in vms:
+            if row["desired"] == "running" and row["state"] != "running":
+                warnings.append(f"{row['name']}: {row['state']} (desired running)")
+        warnings += [f"{name}: HA gave up: {why}" for name, why in self.ha_failures.items()]
+        return {"networks": self.ipam.usage(), "clusters": [self._cluster_row(c) for c in self.clusters.values()],
+                "vms": vms, "loadbalancers": self._lb_rows(), "warnings": warnings,
+                "ha": {"restart_delay_s": self.timers.ha_restart_delay, "restarts": self.ha_restarts,
+                       "pending": sorted(n for n, t in self._restarts.items() if not t.done()),
+                       "event_cursor": self.events_seen}}
+
+    def _lb_rows(self) -> list[dict[str, Any]]:
+        return [{"name": lb.name, "cluster": lb.cluster, "network": lb.network, "sku": lb.sku,
+                 "vip": lb.vip, "lbVm": lb.lb_vm, "programmed": lb.programmed,
+                 "frontends": lb.config.get("frontends", []), "backends": lb.config.get("backends", [])}
+                for lb in self.lbs.values()]
+
+    def loadbalancers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Like ``Get-MocLoadBalancer``: the VIPs in use and what they front."""
+        return self._lb_rows()
+
+    def networkinterfaces(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Like ``Get-MocNetworkInterface``: every NIC MOC created, with its IP and MAC."""
+        out = []
+        for vm in self.vms.values():
+            for nic in vm.config.get("nics", []):
+                out.append({"name": f"{vm.name}-{nic['name']}", "vm": vm.name, "network": vm.network,
+                            "segment": nic["network"], "ip": vm.ips[0] if vm.ips else None,
+                            "mac": nic["mac"], "dhcp": bool(nic.get("dhcp"))})
+        return out
+
+    async def wait_ready(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Until every VM that should run runs and every load balancer is programmed."""
+        timeout = args.get("timeout_s", 30.0)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 600:
+            raise MgmtError(f"timeout_s: expected seconds 0..600, got {timeout!r}")
+        deadline = time.monotonic() + timeout
+        while True:
+            host = await self._host_rows()
+            waiting = [vm.name for vm in self.vms.values()
+                       if vm.desired == "running" and host.get(vm.name, {}).get("state") != "running"]
+            waiting += [f"load balancer {lb.name}" for lb in self.lbs.values() if not lb.programmed]
+            if not waiting:
+                return {"ready": True, "vms": len(self.vms), "loadbalancers": len(self.lbs)}
+            if time.monotonic() > deadline:
+                raise MgmtError(f"timeout_s: not ready within {timeout:g} s, waiting for {', '.join(waiting[:5])}"
+                                + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""))
+            await asyncio.sleep(0.05)
+
+
+def _leased(vm: VmRecord) -> bool:
+    """Does this VM lease its address (DHCP model) rather than get one from a pool?"""
+    return any(nic.get("dhcp") for nic in vm.config.get("nics", []))
+
+
+def _index(name: str) -> int:
+    try:
+        return int(name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
