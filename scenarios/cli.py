@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import yaml
 
 from agents import mgmt
 from scenarios import rundir, runner, schema
@@ -32,6 +33,12 @@ class CliError(Exception):
 
 
 def default_scenario() -> Path:
+    """The step-2 demo: an AKS-HCI deployment (``scenarios/default.yaml``)."""
+    return Path(str(importlib.resources.files("scenarios").joinpath("default.yaml")))
+
+
+def fabric_scenario() -> Path:
+    """The step-1 fabric demo (``scenarios/fabric-demo.yaml``)."""
     return Path(str(importlib.resources.files("scenarios").joinpath("fabric-demo.yaml")))
 
 
@@ -46,6 +53,23 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def emit_doc(doc: Any, output: str) -> None:
+    """``-o json`` / ``-o yaml``: the document alone on stdout; a list becomes a kubectl ``List``."""
+    from scenarios.aks import plain
+
+    doc = plain(doc)  # management replies hold tuples (msgpack)
+    if isinstance(doc, list):
+        doc = {"apiVersion": "v1", "kind": "List", "items": doc, "metadata": {"resourceVersion": ""}}
+    if output == "yaml":
+        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+    else:
+        emit_json(doc)
+
+
+def warn(text: str) -> None:
+    sys.stderr.write(f"Warning: {text}\n")
 
 
 def human_bytes(n: int) -> str:
@@ -152,10 +176,15 @@ async def _hostagent_call(ns: argparse.Namespace, verb: str, args: dict[str, Any
 async def cmd_up(ns: argparse.Namespace) -> int:
     path = Path(ns.file) if ns.file else default_scenario()
     scenario = _load(path)
+    for text in scenario.warnings:
+        warn(text)
     t0 = time.monotonic()
     dep = await runner.up(scenario, ns.deployment, source=str(path), seed=ns.seed)
-    print(f"deployment {dep.run_dir.deployment} is up: {len(dep.vms)} VMs, {len(scenario.networks)} networks "
-          f"in {time.monotonic() - t0:.2f}s (run dir {dep.run_dir.path})")
+    what = f"{len(dep.vms)} VMs, {len(scenario.networks)} networks"
+    if scenario.clusters:
+        what += f", {len(scenario.clusters)} cluster{'s' if len(scenario.clusters) > 1 else ''}"
+    print(f"deployment {dep.run_dir.deployment} is up: {what} in {time.monotonic() - t0:.2f}s "
+          f"(run dir {dep.run_dir.path})")
     return 0
 
 
@@ -180,23 +209,160 @@ async def cmd_status(ns: argparse.Namespace) -> int:
     rows = await runner.list_processes(agent)
     state = rd.read_state() or {}
     stats = await _stats_or_none(rows)
+    moc = await _moc_status(rows)
+    vms = merged_vms(rows, state, moc)
+    health = await _cluster_health(rows, moc)
+    warnings = _warnings(vms, moc, stats, health)
     doc = {"deployment": rd.deployment, "run_dir": str(rd.path), "hostagent": {"pid": agent.pid, "mgmt": agent.mgmt},
            "scenario": (state.get("scenario") or {}).get("name"), "source": state.get("source"),
-           "processes": rows, "networks": (stats or {}).get("networks", {}),
-           "conflicts": len((stats or {}).get("conflicts", []))}
-    if ns.output == "json":
-        emit_json(doc)
+           "hosts": [_host_row(agent, rows)], "processes": rows, "vms": vms,
+           "networks": (stats or {}).get("networks", {}), "pools": (moc or {}).get("networks", []),
+           "clusters": health, "conflicts": len((stats or {}).get("conflicts", [])), "warnings": warnings}
+    if ns.output in ("json", "yaml"):
+        emit_doc(doc, ns.output)
         return 0
-    ips = _ips_by_vm(state)
     print(f"deployment {rd.deployment}: host agent pid {agent.pid}, scenario {doc['scenario'] or '-'}"
           f"{' (' + str(doc['source']) + ')' if doc['source'] else ''}\n")
-    print(table(["name", "kind", "state", "pid", "ips", "exit"],
-                [[r["name"], r["kind"], r["state"], r["pid"] if r["state"] in ("running", "starting") else None,
-                  ", ".join(ips.get(r["name"], [])), _exit_text(r)] for r in rows]))
+    host = doc["hosts"][0]
+    print(table(["host", "state", "processes", "running", "crashed", "stopped"],
+                [[host["name"], host["state"], host["processes"], host["running"], host["crashed"], host["stopped"]]]))
+    print()
+    print(vm_table(vms, with_pid=False))
     print()
     print(_networks_table(state, stats))
+    if moc is not None:
+        print()
+        print(_pools_table(doc["pools"]))
+    if health:
+        print()
+        print(table(["cluster", "api-server", "api-vip", "nodes-ready", "health"],
+                    [[h["name"], h["apiServer"], h.get("apiVip"), f"{h['ready']}/{h['nodes']}", h["health"]]
+                     for h in health]))
     print(f"\nconflicts: {doc['conflicts'] if stats is not None else 'unknown (broker not running)'}")
+    if warnings:
+        print("\nwarnings:")
+        for w in warnings:
+            print(f"  - {w}")
     return 0
+
+
+def _host_row(agent: rundir.AgentInfo, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The physical machine: its host agent (the MOC node-agent role) and what it runs."""
+    count = {s: sum(1 for r in rows if r["state"] == s) for s in ("running", "crashed", "stopped")}
+    return {"name": "host-0", "state": "up", "pid": agent.pid, "processes": len(rows), **count}
+
+
+async def _moc_status(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    moc = next((r for r in rows if r["name"] == schema.MOC_VM and r["state"] == "running" and r.get("mgmt")), None)
+    if moc is None:
+        return None
+    try:
+        status = await runner.call(str(moc["mgmt"]), "status", {}, timeout=5.0)
+    except RunnerError:
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    from scenarios.aks import items_of
+
+    return items_of(value)
+
+
+def merged_vms(rows: list[dict[str, Any]], state: dict[str, Any], moc: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every VM: the host agent's view (process state) joined with MOC's (kind, cluster, IPs)."""
+    ips = _ips_by_vm(state)
+    inventory = {v["name"]: v for v in _items((moc or {}).get("vms"))}
+    out = []
+    for r in rows:
+        if r["kind"] != "vm":
+            continue
+        inv = inventory.get(r["name"], {})
+        addrs = inv.get("ips") or inv.get("addresses") or ([inv["ip"]] if inv.get("ip") else None)
+        out.append({"name": r["name"], "kind": inv.get("kind") or _kind_guess(r["name"], state),
+                    "cluster": inv.get("cluster"), "state": r["state"], "desired": inv.get("desired"),
+                    "pid": r["pid"] if r["state"] in ("running", "starting") else None,
+                    "ips": [str(a).split("/")[0] for a in addrs] if addrs else
+                           [i.split(" ")[0] for i in ips.get(r["name"], [])],
+                    "exit": _exit_text(r), "mgmt": r.get("mgmt")})
+    for name, inv in inventory.items():  # in MOC's inventory but not (yet / any more) a process
+        if not any(v["name"] == name for v in out):
+            out.append({"name": name, "kind": inv.get("kind"), "cluster": inv.get("cluster"), "state": "absent",
+                        "desired": inv.get("desired"), "pid": None, "ips": inv.get("ips") or [], "exit": "",
+                        "mgmt": None})
+    return out
+
+
+def _kind_guess(name: str, state: dict[str, Any]) -> str:
+    if name == schema.MOC_VM:
+        return "moc"
+    for vm in (state.get("scenario") or {}).get("vms", []):
+        if vm["name"] == name:
+            return str(vm.get("kind", "plain"))
+    return "vm"
+
+
+def vm_table(vms: list[dict[str, Any]], with_pid: bool = True) -> str:
+    headers = ["name", "kind", "cluster", "state", "ips"] + (["pid", "exit"] if with_pid else [])
+    return table(headers, [[v["name"], v["kind"], v["cluster"], v["state"], ", ".join(v["ips"]),
+                            *([v["pid"], v["exit"]] if with_pid else [])] for v in vms])
+
+
+async def _cluster_health(rows: list[dict[str, Any]], moc: dict[str, Any] | None) -> list[dict[str, Any]]:
+    out = []
+    by_name = {r["name"]: r for r in rows}
+    for c in _items((moc or {}).get("clusters")):
+        name = c["name"]
+        row = by_name.get(runner.apiserver_vm(name))
+        entry: dict[str, Any] = {"name": name, "apiVip": c.get("apiServerVip") or c.get("vip"),
+                                 "apiServer": "down", "nodes": 0, "ready": 0}
+        if row is not None and row["state"] == "running" and row.get("mgmt"):
+            try:
+                status, body = await runner.api(str(row["mgmt"]), "GET", "/api/v1/nodes", timeout=3.0)
+            except RunnerError:
+                status, body = 0, None
+            if status == 200 and isinstance(body, dict):
+                nodes = _items(body)
+                entry.update(apiServer="up", nodes=len(nodes),
+                             ready=sum(1 for n in nodes if runner.node_ready(n) == "True"),
+                             notReady=[n["metadata"]["name"] for n in nodes if runner.node_ready(n) != "True"])
+        if entry["apiServer"] != "up":
+            entry["health"] = "API server unreachable"
+        elif entry["ready"] < entry["nodes"]:
+            entry["health"] = f"degraded: {entry['nodes'] - entry['ready']} node(s) not Ready"
+        else:
+            entry["health"] = "healthy"
+        out.append(entry)
+    return out
+
+
+def _warnings(vms: list[dict[str, Any]], moc: dict[str, Any] | None, stats: dict[str, Any] | None,
+              health: list[dict[str, Any]]) -> list[str]:
+    out = [str(w) for w in (moc or {}).get("warnings") or []]
+    out += [f"VM {v['name']} is {v['state']}{' (' + v['exit'] + ')' if v['exit'] else ''}"
+            for v in vms if v["state"] in ("crashed", "absent")]
+    out += [f"cluster {h['name']}: {h['health']}" + (f" ({', '.join(h['notReady'])})" if h.get("notReady") else "")
+            for h in health if h["health"] != "healthy"]
+    conflicts = len((stats or {}).get("conflicts", []))
+    if conflicts:
+        out.append(f"{conflicts} IP conflict(s): see 'hcinet net conflicts'")
+    return out
+
+
+def _pools_table(pools: list[dict[str, Any]]) -> str:
+    def used_free(p: Any) -> tuple[Any, Any, Any]:
+        if not isinstance(p, dict):
+            return None, None, None
+        return p.get("range"), p.get("used"), p.get("free", p.get("available"))
+
+    rows = []
+    for n in pools:
+        node = used_free(n.get("nodePool")) if n.get("nodePool") else used_free(n.get("dhcpScope"))
+        vip = used_free(n.get("vipPool"))
+        rows.append([n.get("name"), n.get("model"), n.get("prefix"), *node, *vip,
+                     ", ".join(n.get("clusters") or [])])
+    return table(["network", "model", "prefix", "node-pool/dhcp-scope", "used", "free", "vip-pool", "used",
+                  "free", "clusters"], rows)
 
 
 async def _stats_or_none(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -212,6 +378,9 @@ async def _stats_or_none(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _ips_by_vm(state: dict[str, Any]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
+    management = (state.get("scenario") or {}).get("management")
+    if management:
+        out[schema.MOC_VM] = [f"{management['cloudAgentIp']} ({management['network']})"]
     for vm in (state.get("scenario") or {}).get("vms", []):
         out[vm["name"]] = [f"{n['ip']} ({n['network']})" for n in vm.get("nics", [])]
     return out
@@ -241,13 +410,11 @@ def _networks_table(state: dict[str, Any], stats: dict[str, Any] | None) -> str:
 async def cmd_vm_list(ns: argparse.Namespace) -> int:
     rd, agent = await _agent(ns)
     rows = await runner.list_processes(agent)
-    if ns.output == "json":
-        emit_json(rows)
+    vms = merged_vms(rows, rd.read_state() or {}, await _moc_status(rows))
+    if ns.output in ("json", "yaml"):
+        emit_doc(vms, ns.output)
         return 0
-    ips = _ips_by_vm(rd.read_state() or {})
-    print(table(["name", "kind", "state", "pid", "ips", "exit", "mgmt"],
-                [[r["name"], r["kind"], r["state"], r["pid"] if r["state"] in ("running", "starting") else None,
-                  ", ".join(ips.get(r["name"], [])), _exit_text(r), r.get("mgmt")] for r in rows]))
+    print(vm_table(vms))
     return 0
 
 
@@ -257,7 +424,23 @@ async def cmd_vm_kill(ns: argparse.Namespace) -> int:
     return 0
 
 
+async def _moc_owns(ns: argparse.Namespace, name: str) -> str | None:
+    """MOC's management endpoint if ``name`` is one of its VMs (stop/start go through it)."""
+    _, agent = await _agent(ns)
+    rows = await runner.list_processes(agent)
+    moc = next((r for r in rows if r["name"] == schema.MOC_VM and r["state"] == "running" and r.get("mgmt")), None)
+    if moc is None or name == schema.MOC_VM:
+        return None
+    inventory = await runner.call(str(moc["mgmt"]), "vm_list", {}, timeout=10.0, what="MOC vm_list")
+    return str(moc["mgmt"]) if any(v.get("name") == name for v in _items(inventory)) else None
+
+
 async def cmd_vm_stop(ns: argparse.Namespace) -> int:
+    moc = await _moc_owns(ns, ns.vm)
+    if moc is not None:  # powered off: MOC records the desired state and will not restart it
+        await runner.call(moc, "vm_stop", {"name": ns.vm}, timeout=ns.timeout + 15, what=ns.vm)
+        print(f"{ns.vm}: stopped (powered off through MOC; it stays down until 'hcinet vm start {ns.vm}')")
+        return 0
     row = await _hostagent_call(ns, "stop_vm", {"name": ns.vm, "timeout": ns.timeout}, timeout=ns.timeout + 15)
     print(f"{ns.vm}: {row['state']} ({_exit_text(row) or 'exited'})")
     return 0
@@ -265,6 +448,11 @@ async def cmd_vm_stop(ns: argparse.Namespace) -> int:
 
 async def cmd_vm_start(ns: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    moc = await _moc_owns(ns, ns.vm)
+    if moc is not None:
+        await runner.call(moc, "vm_start", {"name": ns.vm}, timeout=40.0, what=ns.vm)
+        print(f"{ns.vm}: started through MOC {time.monotonic() - t0:.2f}s")
+        return 0
     reply = await _hostagent_call(ns, "start_vm", {"name": ns.vm}, timeout=40.0)
     print(f"{ns.vm}: running (pid {reply['pid']}) {time.monotonic() - t0:.2f}s")
     return 0
@@ -292,8 +480,8 @@ _DROP_ORDER = ("no_route", "partition", "loss", "queue_full", "ttl", "mtu", "bad
 
 async def cmd_net_counters(ns: argparse.Namespace) -> int:
     stats = await _broker_call(ns, "stats")
-    if ns.output == "json":
-        emit_json(stats)
+    if ns.output in ("json", "yaml"):
+        emit_doc(stats, ns.output)
         return 0
     print(counters_table(stats))
     return 0
@@ -337,8 +525,8 @@ async def cmd_net_impair(ns: argparse.Namespace) -> int:
         raise CliError("net impair: give at least one of --delay --jitter --correlation --loss --duplicate "
                        "--reorder --rate --queue")
     result = await _broker_call(ns, "impair", {**_scope(ns), **params})
-    if ns.output == "json":
-        emit_json(result)
+    if ns.output in ("json", "yaml"):
+        emit_doc(result, ns.output)
         return 0
     shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     print(f"impaired {result.get('scope', '')} {_target_text(result.get('target'))}: {shown}")
@@ -360,8 +548,8 @@ async def cmd_net_partition(ns: argparse.Namespace) -> int:
     a = [n for group in ns.a for n in group]
     b = [n for group in ns.b for n in group]
     result = await _broker_call(ns, "partition", {"a": a, "b": b, "one_way": ns.one_way})
-    if ns.output == "json":
-        emit_json(result)
+    if ns.output in ("json", "yaml"):
+        emit_doc(result, ns.output)
     else:
         print(result["id"])
     return 0
@@ -376,8 +564,8 @@ async def cmd_net_heal(ns: argparse.Namespace) -> int:
 
 async def cmd_net_conflicts(ns: argparse.Namespace) -> int:
     events = await _broker_call(ns, "conflicts")
-    if ns.output == "json":
-        emit_json(events)
+    if ns.output in ("json", "yaml"):
+        emit_doc(events, ns.output)
         return 0
     if not events:
         print("no conflicts: every IP is claimed by one NIC")
@@ -390,8 +578,8 @@ async def cmd_net_conflicts(ns: argparse.Namespace) -> int:
 
 async def cmd_net_routes(ns: argparse.Namespace) -> int:
     routes = await _broker_call(ns, "routes")
-    if ns.output == "json":
-        emit_json(routes)
+    if ns.output in ("json", "yaml"):
+        emit_doc(routes, ns.output)
         return 0
     print(table(["prefix", "network", "sources"],
                 [[r.get("prefix"), r.get("network"), ", ".join(r["sources"]) if r.get("sources") else "all"]
@@ -445,8 +633,8 @@ async def _follow(f: Any) -> None:
 async def cmd_events(ns: argparse.Namespace) -> int:
     rd = rundir.for_deployment(ns.deployment)
     events = rd.read_events()[-ns.tail:] if ns.tail else rd.read_events()
-    if ns.output == "json":
-        emit_json(events)
+    if ns.output in ("json", "yaml"):
+        emit_doc(events, ns.output)
         return 0
     skip = {"seq", "time", "kind", "name"}
     print(table(["time", "event", "name", "detail"],
@@ -481,8 +669,9 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table",
-                   help="table (default) or json: only the JSON document on stdout")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   help="table (default), json or yaml: only the document on stdout "
+                        "(a List with items for collections)")
 
 
 def _verb(sub: Any, name: str, func: Command, help: str, description: str) -> argparse.ArgumentParser:
@@ -515,31 +704,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(deployment=None, func=None, group_parser=parser)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
 
-    p = _verb(sub, "up", cmd_up, "bring a scenario up (host agent, broker, networks, VMs)",
+    p = _verb(sub, "up", cmd_up, "bring a scenario up (host agent, broker, networks, MOC, clusters, VMs)",
               "Start the deployment's host agent (detached from this terminal), the broker, the scenario's\n"
-              "networks and routes, and every VM concurrently, with a progress line per VM. All or\n"
-              "nothing: on any failure everything started is stopped again. Refuses if the deployment\n"
-              "is already running.")
-    p.add_argument("file", nargs="?", help="scenario YAML (default: the packaged fabric-demo.yaml)")
+              "networks and routes, its plain VMs; then the MOC cloud agent VM, which creates the\n"
+              "network objects, every cluster (control plane, HAProxy VM, node VMs) and the client\n"
+              "VMs. A progress line per VM; returns when every node is Ready. All or nothing: on any\n"
+              "failure everything started is stopped again. Refuses if the deployment is already\n"
+              "running.")
+    p.add_argument("file", nargs="?", help="scenario YAML (default: the packaged default.yaml)")
     p.add_argument("--seed", type=int, help="seed of the broker's random impairments (reproducible runs)")
 
     _verb(sub, "down", cmd_down, "stop a deployment (VMs, broker, host agent)",
           "Ask the host agent to stop every VM, then the broker, then itself; then make sure no\n"
           "process of the deployment is left (stragglers get SIGKILL).")
 
-    p = _verb(sub, "status", cmd_status, "show processes, networks and conflicts",
-              "The deployment's processes (state, pid, IPs), its networks and the number of IP conflicts\n"
-              "the broker recorded.")
+    p = _verb(sub, "status", cmd_status, "show hosts, VMs, IPs, pools, cluster health and warnings",
+              "The deployment at a glance: the host and its processes, every VM (kind, cluster, state,\n"
+              "IPs), the networks and their pools (used/free, from MOC), each cluster's API server and\n"
+              "nodes Ready, the IP conflicts the broker recorded, and warnings.")
     _output(p)
 
     vm = _group(sub, "vm", "list, start, stop, kill VMs; run tools inside them", "VM commands.")
-    p = _verb(vm, "list", cmd_vm_list, "list the processes of the deployment",
-              "Every process the host agent owns: name, kind, state (running/stopped/crashed), pid, IPs.")
+    p = _verb(vm, "list", cmd_vm_list, "list the VMs: kind, cluster, state, IPs",
+              "Every VM: its kind (moc, apiserver, haproxy, node, plain...), cluster, state (running,\n"
+              "stopped, crashed; 'absent' when MOC lists a VM that has no process), IPs, pid.")
     _output(p)
     for name, func, text in (
-        ("kill", cmd_vm_kill, "SIGKILL a VM: a crash (the broker detaches its NICs; nothing is flushed)"),
-        ("stop", cmd_vm_stop, "stop a VM cleanly (SIGTERM; SIGKILL after --timeout)"),
-        ("start", cmd_vm_start, "start a stopped or crashed VM again with its saved config"),
+        ("kill", cmd_vm_kill, "SIGKILL a VM: a crash (MOC's HA restarts its VMs after the scaled delay)"),
+        ("stop", cmd_vm_stop, "power a VM off (through MOC for its VMs: it stays down, no HA restart)"),
+        ("start", cmd_vm_start, "start a stopped VM again (through MOC for its VMs)"),
     ):
         p = _verb(vm, name, func, text, text[0].upper() + text[1:] + ".")
         p.add_argument("vm", help="the VM's name")
@@ -610,12 +803,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N events")
     _output(p)
 
-    p = _verb(sub, "demo", cmd_demo, "run the narrated fabric demo",
-              "Bring up the fabric demo (unless it is running), then show: pings on one network and\n"
-              "across the gateway, a 10 MB transfer, 50 ms delay switched on and off, 20%% loss, a\n"
-              "partition and its healing, and the counters. Then take it down unless --keep.")
-    p.add_argument("file", nargs="?", help="scenario YAML (default: the packaged fabric-demo.yaml)")
-    p.add_argument("--keep", action="store_true", help="leave the deployment running afterwards")
+    p = _verb(sub, "demo", cmd_demo, "boot the AKS-HCI demo and show it (--fabric: the fabric tour)",
+              "Boot scenarios/default.yaml (unless the deployment already runs it), then show 'hcinet\n"
+              "status', 'hcinet get nodes -o wide' and a curl from client-ext to client-dc, and leave it\n"
+              "running ('hcinet down' stops it).\n\n"
+              "With --fabric: the step-1 tour of fabric-demo.yaml: pings on one network and across the\n"
+              "gateway, a 10 MB transfer, 50 ms delay switched on and off, 20%% loss, a partition and\n"
+              "its healing, and the counters; taken down afterwards unless --keep.")
+    p.add_argument("file", nargs="?", help="scenario YAML (default: default.yaml; fabric-demo.yaml with --fabric)")
+    p.add_argument("--fabric", action="store_true", help="the step-1 fabric tour instead")
+    p.add_argument("--keep", action="store_true", help="with --fabric: leave the deployment running afterwards")
+
+    from scenarios import aks  # the AKS verbs: get, network, cluster, nodepool
+
+    aks.add_parsers(sub)
     return parser
 
 

@@ -1,6 +1,10 @@
-"""``hcinet demo``: a narrated tour of the step-1 fabric.
+"""``hcinet demo``: boot the AKS-HCI demo and show it; ``--fabric``: the step-1 fabric tour.
 
-Brings the fabric demo up (unless that deployment already runs it), then shows, with the real
+Without ``--fabric``: boot ``scenarios/default.yaml`` (unless the deployment already runs),
+show ``hcinet status``, ``hcinet get nodes -o wide`` and a curl from the external client to the
+datacenter client's web server, and leave it running.
+
+With ``--fabric``: brings the fabric demo up (unless that deployment already runs it), then shows, with the real
 tools inside the VMs: pings on one network and across the gateway router, a 10 MB transfer
 over the TCP-like transport with its rate and digest check, a 50 ms delay on a pair switched
 on and off, 20 % loss, a partition and its healing, and the per-NIC counters.  Takes the
@@ -85,7 +89,69 @@ class Narrator:
 
 
 async def run(ns: argparse.Namespace) -> int:
+    if getattr(ns, "fabric", False):
+        return await run_fabric(ns)
+    return await run_aks(ns)
+
+
+async def run_aks(ns: argparse.Namespace) -> int:
+    """Boot the AKS-HCI scenario (unless it runs), then show it; it stays up."""
+    from scenarios import aks
+
+    rd = rundir.for_deployment(ns.deployment)
+    agent = await rundir.find_running(rd)
     path = Path(ns.file) if ns.file else cli.default_scenario()
+    if agent is None:
+        scenario = cli._load(path)
+        print(f"== bringing up {scenario.name} ({path})")
+        for text in scenario.warnings:
+            cli.warn(text)
+        await runner.up(scenario, ns.deployment, source=str(path))
+    else:
+        running = (rd.read_state() or {}).get("scenario") or {}
+        print(f"== deployment {rd.deployment} is already running (scenario {running.get('name', '?')})")
+        try:
+            scenario = schema.parse(running)
+        except schema.ScenarioError as exc:
+            raise cli.CliError(f"deployment {rd.deployment}: its state.json does not parse ({exc})") from None
+    flag = _dep_flag(rd)
+    print(f"\n== hcinet status{flag}")
+    await cli.cmd_status(argparse.Namespace(deployment=ns.deployment, output="table"))
+    if scenario.clusters:
+        cluster = scenario.clusters[0].name
+        print(f"\n== hcinet get nodes -o wide{flag}" + (f" --cluster {cluster}" if len(scenario.clusters) > 1 else ""))
+        await aks.cmd_get(argparse.Namespace(deployment=ns.deployment, kind="nodes", name=None, namespace=None,
+                                             all_namespaces=False, cluster=cluster, output="wide"))
+    await _curl(rd, scenario)
+    print(f"\nthe deployment is still running: 'hcinet status{flag}', 'hcinet get nodes{flag}', "
+          f"'hcinet down{flag}'")
+    return 0
+
+
+async def _curl(rd: rundir.RunDir, scenario: schema.Scenario) -> None:
+    """A curl from a client on an external network to an http app on a datacenter client."""
+    server = next(((c, a) for c in scenario.clients if c.ip is not None
+                   for a in c.apps if a.kind == "http"), None)
+    client = next((c for c in scenario.clients if scenario.network(c.network).external), None)
+    if server is None or client is None:
+        return
+    (srv, app), url = server, f"http://{server[0].ip}:{server[1].port}/"
+    print(f"\n== from the internet to the datacenter: {client.name} -> {srv.name} ({app.kind} on port {app.port})")
+    print(f"   $ hcinet vm exec {client.name} -- curl -s -i {url}")
+    agent = await rundir.find_running(rd)
+    if agent is None:
+        raise cli.CliError(f"deployment {rd.deployment}: the host agent is gone")
+    endpoint = await runner.endpoint_of(agent, client.name)
+    result = await runner.call(endpoint, "exec", {"argv": ["curl", "-s", "-i", "-m", "10", url]}, timeout=30.0,
+                               what=client.name)
+    text = (result.get("stdout") or "") + (result.get("stderr") or "")
+    for line in text.rstrip().splitlines()[:12]:
+        print(f"   {line}")
+    print(f"   (exit code {result.get('rc')})")
+
+
+async def run_fabric(ns: argparse.Namespace) -> int:
+    path = Path(ns.file) if ns.file else cli.fabric_scenario()
     scenario = cli._load(path)
     cast = Cast.pick(scenario)
     rd = rundir.for_deployment(ns.deployment)

@@ -1,4 +1,4 @@
-"""Scenario files: load, validate, and turn into frozen dataclasses (step 1: the fabric).
+"""Scenario files: load, validate, and turn into frozen dataclasses (v2: the control plane).
 
 A scenario describes the datacenter as data (Mininet's topology-vs-network split): which
 networks exist, which extra routes the gateway router has, which VMs sit where.  Bringing it
@@ -23,18 +23,45 @@ friends to the same objects.
       - {name: vm-a, network: dc, ip: 172.16.0.10, apps: [{kind: udp-echo, port: 7}]}
       - name: vm-r
         nics: [{name: eth0, network: dc, ip: 172.16.0.20}, {name: eth1, network: internet, ip: 203.0.113.20}]
+
+Version 2 (step 2) adds the AKS-HCI deployment, brought up through MOC (every key is
+documented in docs/scenario.md; ``scenarios/default.yaml`` is the demo):
+
+.. code-block:: yaml
+
+    networks:                    # + New-AksHciNetworkSetting / New-AksHciClusterNetwork parameters
+      - {name: aks-net, vswitchName: External, ipAddressPrefix: 172.16.0.0/24, gateway: 172.16.0.1,
+         dnsServers: [172.16.0.2], vlanID: 0,
+         k8sNodeIpPoolStart: 172.16.0.20, k8sNodeIpPoolEnd: 172.16.0.99,   # static IP model, or
+         # dhcpScopeStart / dhcpScopeEnd                                   # the DHCP model
+         vipPoolStart: 172.16.0.150, vipPoolEnd: 172.16.0.199}
+    management: {network: aks-net, cloudAgentIp: 172.16.0.5}
+    clusters:                    # New-AksHciCluster; only `name` is required
+      - {name: cluster1, vnet: aks-net, primaryNetworkPlugin: calico, controlPlaneNodeCount: 1,
+         loadBalancerSku: HAProxy, nodeMaxPodCount: 110,
+         nodePools: [{name: cluster1-linux, osType: linux, nodeCount: 2}]}
+    clients:                     # plain VMs created through MOC
+      - {name: client-dc, network: aks-net, ip: 172.16.0.10, apps: [{kind: http, port: 8080}]}
+
+Pool, cluster and sizing rules (inside the prefix, the gateway outside every pool, no overlap,
+the VIP pool outside the DHCP scope; a cluster that does not fit its pools) are MOC's own
+(``agents/moc/pools.py``), so a scenario and ``hcinet network create`` / ``cluster create``
+refuse with the same message.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+from agents.moc import pools
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -47,7 +74,11 @@ VLAN_MAX = 4094
 # Smallest MTU a link may have: RFC 791 (IPv4: 68), RFC 8200 section 5 (IPv6: 1280).
 MTU_MIN = {4: 68, 6: 1280}
 MTU_MAX = 9216  # the usual jumbo-frame ceiling of datacenter switches
-RESERVED_VM_NAMES = frozenset({"broker", "hostagent"})
+RESERVED_VM_NAMES = frozenset({"broker", "hostagent", "moc-cloudagent"})
+MOC_VM = "moc-cloudagent"  # the MOC cloud agent's VM (docs/contracts-control-plane.md)
+
+# Sections of later steps: recognised, refused with a clear message until their step lands.
+LATER_SECTIONS = ("manifests", "steps")
 
 
 class ScenarioError(ValueError):
@@ -59,8 +90,36 @@ class ScenarioError(ValueError):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IpRange:
+    """An inclusive address range (``k8sNodeIpPoolStart..End`` and friends)."""
+
+    start: IPAddress
+    end: IPAddress
+
+    def __contains__(self, ip: object) -> bool:
+        return (isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
+                and ip.version == self.start.version and self.start <= ip <= self.end)  # type: ignore[operator]
+
+    @property
+    def size(self) -> int:
+        return int(self.end) - int(self.start) + 1
+
+    def overlaps(self, other: IpRange) -> bool:
+        return (self.start.version == other.start.version
+                and self.start <= other.end and other.start <= self.end)  # type: ignore[operator]
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Network:
-    """A virtual network (Hyper-V switch + AKS-HCI network object)."""
+    """A virtual network (Hyper-V switch + AKS-HCI network object).
+
+    A network with a VIP pool is an AKS network (``New-AksHciClusterNetwork``): static IP
+    model with a node IP pool, or DHCP model with the scope the datacenter router's DHCP
+    service hands out.  Without one it is only fabric (e.g. the external network).
+    """
 
     name: str
     prefix: IPNetwork  # ipAddressPrefix
@@ -68,11 +127,45 @@ class Network:
     vlan_id: int = 0  # vlanID; 0 = untagged
     mtu: int = 1500
     external: bool = False
+    vswitch_name: str | None = None  # vswitchName
+    dns_servers: tuple[IPAddress, ...] = ()  # dnsServers (1..3)
+    node_pool: IpRange | None = None  # k8sNodeIpPoolStart..End: the static IP model
+    dhcp_scope: IpRange | None = None  # dhcpScopeStart..End: the DHCP model
+    vip_pool: IpRange | None = None  # vipPoolStart..End
+
+    @property
+    def model(self) -> str | None:
+        """``"static"``, ``"dhcp"`` or None (not an AKS network)."""
+        return "static" if self.node_pool else "dhcp" if self.dhcp_scope else None
+
+    def pools(self) -> list[tuple[str, IpRange]]:
+        """``[(what, range)]``: every pool of the network, for error messages."""
+        named = (("node IP pool", self.node_pool), ("DHCP scope", self.dhcp_scope), ("VIP pool", self.vip_pool))
+        return [(what, r) for what, r in named if r is not None]
 
     def mgmt_args(self) -> dict[str, Any]:
-        """The broker's ``add_network`` arguments."""
-        return {"name": self.name, "prefix": str(self.prefix), "gateway": str(self.gateway),
-                "vlan": self.vlan_id, "mtu": self.mtu, "external": self.external}
+        """The broker's ``add_network`` arguments (``dhcp_scope`` for the router's DHCP service)."""
+        args: dict[str, Any] = {"name": self.name, "prefix": str(self.prefix), "gateway": str(self.gateway),
+                                "vlan": self.vlan_id, "mtu": self.mtu, "external": self.external}
+        if self.dhcp_scope is not None:
+            args["dhcp_scope"] = [str(self.dhcp_scope.start), str(self.dhcp_scope.end)]
+            args["dns"] = [str(d) for d in self.dns_servers if d.version == 4]
+        return args
+
+    def doc(self) -> dict[str, Any]:
+        """The scenario keys (what MOC's ``network_create`` takes, and ``parse`` reads back)."""
+        out: dict[str, Any] = {"name": self.name, "ipAddressPrefix": str(self.prefix),
+                               "gateway": str(self.gateway), "vlanID": self.vlan_id, "mtu": self.mtu,
+                               "external": self.external}
+        if self.vswitch_name is not None:
+            out["vswitchName"] = self.vswitch_name
+        if self.dns_servers:
+            out["dnsServers"] = [str(d) for d in self.dns_servers]
+        for key, r in (("k8sNodeIpPool", self.node_pool), ("dhcpScope", self.dhcp_scope),
+                       ("vipPool", self.vip_pool)):
+            if r is not None:
+                out[f"{key}Start"], out[f"{key}End"] = str(r.start), str(r.end)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,12 +210,134 @@ class Vm:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Management:
+    """The AKS host network (``New-AksHciNetworkSetting``) and the MOC cloud agent's address."""
+
+    network: str
+    cloud_agent_ip: IPAddress
+
+    def doc(self) -> dict[str, Any]:
+        return {"network": self.network, "cloudAgentIp": str(self.cloud_agent_ip)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodePool:
+    name: str
+    os_type: str = "linux"  # linux | windows
+    node_count: int = 1
+
+    def doc(self) -> dict[str, Any]:
+        return {"name": self.name, "osType": self.os_type, "nodeCount": self.node_count}
+
+    def vm_names(self) -> list[str]:
+        return [f"{self.name}-{i}" for i in range(self.node_count)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cluster:
+    """A workload cluster (``New-AksHciCluster``)."""
+
+    name: str
+    vnet: str
+    network_plugin: str = "calico"  # primaryNetworkPlugin
+    control_plane_count: int = 1  # controlPlaneNodeCount
+    load_balancer_sku: str = "HAProxy"  # loadBalancerSku: HAProxy | none
+    max_pods: int = 110  # nodeMaxPodCount
+    node_pools: tuple[NodePool, ...] = ()
+
+    def doc(self) -> dict[str, Any]:
+        """The scenario keys, which are also MOC's ``cluster_create`` arguments."""
+        return {"name": self.name, "vnet": self.vnet, "primaryNetworkPlugin": self.network_plugin,
+                "controlPlaneNodeCount": self.control_plane_count, "loadBalancerSku": self.load_balancer_sku,
+                "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools]}
+
+    def vm_names(self) -> list[str]:
+        """Every VM MOC creates for it (docs/contracts-control-plane.md, "VM names")."""
+        names = [f"{self.name}-control-plane-{i}" for i in range(self.control_plane_count)]
+        if self.load_balancer_sku == "HAProxy":
+            names.append(f"{self.name}-lb")
+        return names + [n for p in self.node_pools for n in p.vm_names()]
+
+    @property
+    def node_count(self) -> int:
+        """Nodes that register with the API server: control plane + workers."""
+        return self.control_plane_count + sum(p.node_count for p in self.node_pools)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Client:
+    """A client VM created through MOC: a static address or a DHCP lease, and its apps."""
+
+    name: str
+    network: str
+    ip: IPAddress | None = None  # None: DHCP
+    apps: tuple[App, ...] = ()
+
+    @property
+    def dhcp(self) -> bool:
+        return self.ip is None
+
+    def doc(self) -> dict[str, Any]:
+        """The scenario keys, which are also MOC's ``client_create`` arguments."""
+        out: dict[str, Any] = {"name": self.name, "network": self.network}
+        if self.ip is None:
+            out["dhcp"] = True
+        else:
+            out["ip"] = str(self.ip)
+        if self.apps:
+            out["apps"] = [{"kind": a.kind, "port": a.port} for a in self.apps]
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
     name: str
     time_scale: float = 1.0
     networks: tuple[Network, ...]
     routes: tuple[Route, ...] = ()
     vms: tuple[Vm, ...] = ()
+    management: Management | None = None
+    clusters: tuple[Cluster, ...] = ()
+    clients: tuple[Client, ...] = ()
+    warnings: tuple[str, ...] = ()  # e.g. Flannel's retirement; printed to stderr
+
+    @property
+    def uses_moc(self) -> bool:
+        """Does bringing it up need the MOC cloud agent? (clusters or clients)"""
+        return bool(self.clusters or self.clients)
+
+    def segment(self, name: str) -> str:
+        """The broker network (wire) a network's NICs attach to: AKS network objects on one
+        subnet share the first one's (as MOC's ``pools.segment_of``)."""
+        net = self.network(name)
+        for other in self.networks:
+            if other.prefix == net.prefix and (other is net or (other.model and net.model)):
+                return other.name
+        return name
+
+    def cluster(self, name: str) -> Cluster:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def doc(self) -> dict[str, Any]:
+        """The scenario as a document :func:`parse` accepts (state.json keeps it)."""
+        out: dict[str, Any] = {
+            "name": self.name, "time_scale": self.time_scale,
+            "networks": [n.doc() for n in self.networks],
+            "routes": [r.mgmt_args() for r in self.routes],
+            "vms": [{"name": v.name, "kind": v.kind,
+                     "nics": [{"name": n.name, "network": n.network, "ip": str(n.ip)} for n in v.nics],
+                     "apps": [{"kind": a.kind, "port": a.port} for a in v.apps]} for v in self.vms],
+        }
+        if self.management is not None:
+            out["management"] = self.management.doc()
+        if self.clusters:
+            out["clusters"] = [c.doc() for c in self.clusters]
+        if self.clients:
+            out["clients"] = [c.doc() for c in self.clients]
+        return out
 
     def network(self, name: str) -> Network:
         for net in self.networks:
@@ -175,18 +390,37 @@ def loads(text: str) -> Scenario:
 
 def parse(doc: Any) -> Scenario:
     """Validate a scenario document (the YAML as plain data)."""
-    top = _mapping(doc, "", {"name", "time_scale", "networks", "routes", "vms"}, {"name", "networks"})
+    for key in LATER_SECTIONS:
+        if isinstance(doc, dict) and key in doc:
+            raise ScenarioError(key, "not supported until a later step")
+    top = _mapping(doc, "", _TOP_KEYS, {"name", "networks"})
     name = _string(top["name"], "name")
     time_scale = _positive_float(top.get("time_scale", 1.0), "time_scale")
     networks = _networks(top["networks"])
     routes = _routes(top.get("routes") or [], networks)
-    vms = _vms(top.get("vms") or [], networks)
-    return Scenario(name=name, time_scale=time_scale, networks=networks, routes=routes, vms=vms)
+    management = _management(top.get("management"), networks)
+    owners: dict[IPAddress, str] = {}
+    if management is not None:
+        owners[management.cloud_agent_ip] = MOC_VM
+    vms = _vms(top.get("vms") or [], networks, owners)
+    clusters, warnings = _clusters(top.get("clusters") or [], networks, management, {v.name for v in vms})
+    taken = {v.name for v in vms} | {n for c in clusters for n in c.vm_names()}
+    clients = _clients(top.get("clients") or [], networks, owners, taken)
+    if (clusters or clients) and management is None:
+        raise ScenarioError("management", "required with clusters or clients (where the MOC cloud agent runs: "
+                                          "{network, cloudAgentIp})")
+    return Scenario(name=name, time_scale=time_scale, networks=networks, routes=routes, vms=vms,
+                    management=management, clusters=clusters, clients=clients, warnings=warnings)
+
+
+_TOP_KEYS = {"name", "time_scale", "networks", "routes", "vms", "management", "clusters", "clients"}
 
 
 # --- sections -------------------------------------------------------------------------------
 
-_NETWORK_KEYS = {"name", "ipAddressPrefix", "gateway", "vlanID", "mtu", "external"}
+_NETWORK_KEYS = {"name", "ipAddressPrefix", "gateway", "vlanID", "mtu", "external", "vswitchName", "dnsServers",
+                 "k8sNodeIpPoolStart", "k8sNodeIpPoolEnd", "dhcpScopeStart", "dhcpScopeEnd",
+                 "vipPoolStart", "vipPoolEnd"}
 
 
 def _networks(value: Any) -> tuple[Network, ...]:
@@ -203,8 +437,12 @@ def _network(item: Any, path: str, earlier: list[Network]) -> Network:
     if any(n.name == name for n in earlier):
         raise ScenarioError(f"{path}.name", f"duplicate network name {name}")
     prefix = _prefix(m["ipAddressPrefix"], f"{path}.ipAddressPrefix")
+    aks = any(m.get(k) is not None for k in _AKS_KEYS)
     for other in earlier:
-        if other.prefix.version == prefix.version and other.prefix.overlaps(prefix):
+        # Two AKS network objects on one subnet (one per cluster, the fix for the shared-VIP
+        # known issue) are one wire; MOC's validator checks that their pools do not overlap.
+        same_segment = aks and other.model is not None and other.prefix == prefix
+        if other.prefix.version == prefix.version and other.prefix.overlaps(prefix) and not same_segment:
             raise ScenarioError(f"{path}.ipAddressPrefix",
                                 f"{prefix} overlaps network {other.name} ({other.prefix})")
     gateway = _host_in(m["gateway"], f"{path}.gateway", prefix, f"network {name}")
@@ -212,7 +450,56 @@ def _network(item: Any, path: str, earlier: list[Network]) -> Network:
     vlan_id = 0 if vlan is None else _int(vlan, f"{path}.vlanID", 0, VLAN_MAX)
     mtu = _int(m.get("mtu", 1500), f"{path}.mtu", MTU_MIN[prefix.version], MTU_MAX)
     external = _bool(m.get("external", False), f"{path}.external")
-    return Network(name=name, prefix=prefix, gateway=gateway, vlan_id=vlan_id, mtu=mtu, external=external)
+    return Network(name=name, prefix=prefix, gateway=gateway, vlan_id=vlan_id, mtu=mtu, external=external,
+                   **_aks_params(m, path, earlier))
+
+
+_AKS_KEYS = ("vswitchName", "dnsServers", "k8sNodeIpPoolStart", "k8sNodeIpPoolEnd", "dhcpScopeStart",
+             "dhcpScopeEnd", "vipPoolStart", "vipPoolEnd")
+
+
+NETWORK_KEYS = frozenset(_NETWORK_KEYS)
+
+
+def parse_network(item: Any, path: str, earlier: Iterable[Network] = ()) -> Network:
+    """One network (``hcinet network create`` checks its flags with it)."""
+    return _network(item, path, list(earlier))
+
+
+def _aks_params(m: Mapping[str, Any], path: str, earlier: list[Network]) -> dict[str, Any]:
+    """The AKS-HCI parameters, validated by MOC's own validator (``agents.moc.pools``), so a
+    scenario and ``hcinet network create`` refuse a network with the same message."""
+    if not any(m.get(k) is not None for k in _AKS_KEYS):
+        return {}
+    others = [_spec_of(n) for n in earlier if n.model is not None or n.external]
+    spec = _pool_call(path, lambda: pools.parse_network(dict(m), others))
+    return {"vswitch_name": spec.vswitch, "dns_servers": tuple(ipaddress.ip_address(d) for d in spec.dns_servers),
+            "node_pool": _range_of(spec.node_pool), "dhcp_scope": _range_of(spec.dhcp_scope),
+            "vip_pool": _range_of(spec.vip_pool)}
+
+
+def _spec_of(net: Network) -> pools.NetworkSpec:
+    return pools.parse_network(net.doc())
+
+
+def _range_of(r: pools.IpRange | None) -> IpRange | None:
+    return None if r is None else IpRange(start=r.start, end=r.end)
+
+
+T = TypeVar("T")
+
+
+def _pool_call(path: str, fn: Callable[[], T]) -> T:
+    """Run a MOC validator; its ``key: message`` errors get the scenario path in front."""
+    try:
+        return fn()
+    except pools.SizingError as exc:  # "<cluster>: <pool> has N free addresses, ...": about the whole entry
+        raise ScenarioError(path, str(exc)) from None
+    except pools.PoolError as exc:
+        key, sep, message = str(exc).partition(": ")
+        if sep and " " not in key:
+            raise ScenarioError(f"{path}.{key}" if path else key, message) from None
+        raise ScenarioError(path, str(exc)) from None
 
 
 def _routes(value: Any, networks: tuple[Network, ...]) -> tuple[Route, ...]:
@@ -238,9 +525,8 @@ def _routes(value: Any, networks: tuple[Network, ...]) -> tuple[Route, ...]:
 _VM_KEYS = {"name", "kind", "network", "ip", "nics", "apps"}
 
 
-def _vms(value: Any, networks: tuple[Network, ...]) -> tuple[Vm, ...]:
+def _vms(value: Any, networks: tuple[Network, ...], owners: dict[IPAddress, str]) -> tuple[Vm, ...]:
     by_name = {n.name: n for n in networks}
-    owners: dict[IPAddress, str] = {}
     out: list[Vm] = []
     for i, item in enumerate(_list(value, "vms")):
         path = f"vms[{i}]"
@@ -289,7 +575,116 @@ def _vm_ip(value: Any, path: str, net: Network, owners: dict[IPAddress, str]) ->
         raise ScenarioError(path, f"{ip} is the gateway of network {net.name}")
     if ip in owners:
         raise ScenarioError(path, f"{ip} is already taken by {owners[ip]}")
+    for what, r in net.pools():  # MOC hands these out: a fixed address there would collide
+        if ip in r:
+            raise ScenarioError(path, f"{ip} is inside the {what} of network {net.name} ({r})")
     return ip
+
+
+def _management(value: Any, networks: tuple[Network, ...]) -> Management | None:
+    if value is None:
+        return None
+    m = _mapping(value, "management", {"network", "cloudAgentIp"}, {"network", "cloudAgentIp"})
+    by_name = {n.name: n for n in networks}
+    net = by_name[_known(m["network"], "management.network", set(by_name))]
+    if net.external:
+        raise ScenarioError("management.network", f"{net.name} is the external network, not a datacenter one")
+    ip = _vm_ip(m["cloudAgentIp"], "management.cloudAgentIp", net, {})
+    return Management(network=net.name, cloud_agent_ip=ip)
+
+
+_CLUSTER_KEYS = {"name", "vnet", "primaryNetworkPlugin", "controlPlaneNodeCount", "loadBalancerSku",
+                 "nodeMaxPodCount", "nodePools"}
+
+
+def _clusters(value: Any, networks: tuple[Network, ...], management: Management | None,
+              vm_names: set[str]) -> tuple[tuple[Cluster, ...], tuple[str, ...]]:
+    """Every cluster, validated and sized by MOC's rules (``agents.moc.pools``), as
+    ``cluster_create`` would one after the other: a scenario that does not fit is refused
+    before anything starts, naming the pool and the shortfall."""
+    ipam = pools.Ipam()
+    for net in networks:
+        if net.model is not None:
+            ipam.add_network(_spec_of(net))
+    out: list[Cluster] = []
+    warnings: list[str] = []
+    owners = {n: f"VM {n}" for n in vm_names}  # VM name -> who made it, for collisions
+    for i, item in enumerate(_list(value, "clusters")):
+        path = f"clusters[{i}]"
+        cluster, warned = parse_cluster(item, path, networks, None if management is None else management.network)
+        if any(c.name == cluster.name for c in out):
+            raise ScenarioError(f"{path}.name", f"duplicate cluster name {cluster.name}")
+        for name in cluster.vm_names():
+            if name in owners or name in RESERVED_VM_NAMES:
+                raise ScenarioError(f"{path}.nodePools",
+                                    f"VM name {name} of cluster {cluster.name} is already used by "
+                                    f"{owners.get(name, 'the deployment')}")
+            owners[name] = f"cluster {cluster.name}"
+        spec, _ = pools.parse_cluster(cluster.doc(), list(ipam.networks))  # valid: parse_cluster said so
+        _pool_call(path, partial(ipam.reserve_cluster, spec))
+        _pool_call(path, partial(ipam.allocate_vip, cluster.vnet, cluster.name, "apiserver", pools.APISERVER_PORT))
+        out.append(cluster)
+        warnings += [f"{path}: {w}" for w in warned]
+    return tuple(out), tuple(warnings)
+
+
+def parse_cluster(item: Any, path: str, networks: Iterable[Network],
+                  default_vnet: str | None) -> tuple[Cluster, list[str]]:
+    """One ``clusters[]`` entry with New-AksHciCluster's defaults, validated by MOC's rules
+    (also what ``hcinet cluster create`` sends); returns the cluster and its warnings."""
+    m = dict(_mapping(item, path, _CLUSTER_KEYS, {"name"}))
+    by_name = {n.name: n for n in networks}
+    if m.get("vnet") is None and default_vnet is not None:
+        m["vnet"] = default_vnet
+    aks = [n for n, net in by_name.items() if net.model is not None]
+    if isinstance(m.get("vnet"), str) and m["vnet"] in by_name and m["vnet"] not in aks:
+        raise ScenarioError(f"{path}.vnet", f"network {m['vnet']} is not an AKS network (no VIP pool, no "
+                                            "k8sNodeIpPool or DHCP scope)")
+    spec, warnings = _pool_call(path, lambda: pools.parse_cluster(m, aks))
+    node_pools = tuple(NodePool(name=p.name, os_type=p.os_type, node_count=p.count) for p in spec.node_pools)
+    cluster = Cluster(name=spec.name, vnet=spec.vnet, network_plugin=spec.network_plugin,
+                      control_plane_count=spec.control_plane_count, load_balancer_sku=spec.lb_sku,
+                      max_pods=spec.max_pods, node_pools=node_pools)
+    return cluster, list(warnings)
+
+
+def parse_node_pool(item: Any, path: str, cluster: str) -> NodePool:
+    """One node pool (``New-AksHciNodePool``), by MOC's rules."""
+    p = _pool_call(path, lambda: pools.parse_node_pool(item, "", cluster))
+    return NodePool(name=p.name, os_type=p.os_type, node_count=p.count)
+
+
+def _clients(value: Any, networks: tuple[Network, ...], owners: dict[IPAddress, str],
+             taken: set[str]) -> tuple[Client, ...]:
+    by_name = {n.name: n for n in networks}
+    out: list[Client] = []
+    for i, item in enumerate(_list(value, "clients")):
+        path = f"clients[{i}]"
+        m = _mapping(item, path, {"name", "network", "ip", "dhcp", "apps"}, {"name", "network"})
+        name = _label(m["name"], f"{path}.name")
+        if name in RESERVED_VM_NAMES:
+            raise ScenarioError(f"{path}.name", f"{name} is reserved")
+        if name in taken or any(c.name == name for c in out):
+            raise ScenarioError(f"{path}.name", f"duplicate VM name {name}")
+        net = by_name[_known(m["network"], f"{path}.network", set(by_name))]
+        if net.model is None and not net.external:
+            raise ScenarioError(f"{path}.network", f"network {net.name} is neither an AKS network (pools) nor "
+                                                   "external: MOC, which creates client VMs, does not manage it")
+        dhcp = _bool(m.get("dhcp", False), f"{path}.dhcp")
+        ip: IPAddress | None = None
+        if dhcp:
+            if m.get("ip") is not None:
+                raise ScenarioError(f"{path}.ip", "give either ip or dhcp: true, not both")
+            if net.dhcp_scope is None:
+                raise ScenarioError(f"{path}.dhcp", f"network {net.name} has no DHCP scope (dhcpScopeStart/End)")
+        else:
+            if m.get("ip") is None:
+                raise ScenarioError(f"{path}.ip", "required (or dhcp: true)")
+            ip = _vm_ip(m["ip"], f"{path}.ip", net, owners)
+            owners[ip] = name
+        apps = _apps(m.get("apps") or [], f"{path}.apps")
+        out.append(Client(name=name, network=net.name, ip=ip, apps=apps))
+    return tuple(out)
 
 
 def _apps(value: Any, path: str) -> tuple[App, ...]:
@@ -371,6 +766,14 @@ def _bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
         raise ScenarioError(path, f"expected true or false, got {_type_name(value)}")
     return value
+
+
+def _address(value: Any, path: str) -> IPAddress:
+    text = _string(value, path)
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ScenarioError(path, f"{text} is not an IP address") from None
 
 
 def _positive_float(value: Any, path: str) -> float:

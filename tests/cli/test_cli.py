@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from scenarios import cli, rundir
 
 ROOT = Path(__file__).resolve().parents[2]
+FABRIC = str(ROOT / "scenarios" / "fabric-demo.yaml")
 FAKE = ROOT / "tests" / "hostagent" / "fake_child.py"
 REAL_BROKER = (ROOT / "broker" / "process.py").exists()
 
@@ -30,7 +32,10 @@ def verbs(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[t
 
 REQUIRED = {("up",), ("down",), ("status",), ("vm", "list"), ("vm", "kill"), ("vm", "stop"), ("vm", "start"),
             ("vm", "exec"), ("net", "counters"), ("net", "impair"), ("net", "clear"), ("net", "partition"),
-            ("net", "heal"), ("net", "conflicts"), ("net", "routes"), ("logs",), ("demo",)}
+            ("net", "heal"), ("net", "conflicts"), ("net", "routes"), ("logs",), ("demo",),
+            # step 2
+            ("get",), ("network", "create"), ("network", "get"), ("cluster", "create"), ("cluster", "delete"),
+            ("cluster", "list"), ("nodepool", "create"), ("nodepool", "scale"), ("nodepool", "delete")}
 
 
 def test_every_required_verb_exists() -> None:
@@ -145,14 +150,14 @@ def test_a_bad_scenario_is_refused_before_anything_starts(state: Path, tmp_path:
 
 def test_up_twice_is_a_clear_error_and_down_leaves_nothing(fakes: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rd = rundir.for_deployment(None)
-    rc, out, err = run(capsys, "up")
+    rc, out, err = run(capsys, "up", FABRIC)
     try:
         assert rc == 0, err
         assert "vm-a  starting… ready (172.16.0.10)" in out and "deployment default is up: 3 VMs" in out
         agent_pid = rd.read_pids()["hostagent"]
         assert len(alive_pids(rd)) == 5  # host agent, broker, three VMs
 
-        rc, out, err = run(capsys, "up")
+        rc, out, err = run(capsys, "up", FABRIC)
         assert (rc, out) == (1, "")
         assert err == (f"hcinet: error: deployment default is already running (host agent pid {agent_pid}); "
                        "run 'hcinet down --deployment default' first\n")
@@ -163,14 +168,15 @@ def test_up_twice_is_a_clear_error_and_down_leaves_nothing(fakes: Path, capsys: 
         assert sorted((p["name"], p["state"]) for p in doc["processes"]) == [
             ("broker", "running"), ("vm-a", "running"), ("vm-b", "running"), ("vm-c", "running")]
         rc, out, _ = run(capsys, "status")
-        assert rc == 0 and "vm-c     vm       running" in out and "conflicts: 0" in out
+        assert rc == 0 and re.search(r"^vm-c +plain +- +running +203\.0\.113\.10$", out, re.M), out
+        assert "conflicts: 0" in out
 
         rc, out, _ = run(capsys, "vm", "kill", "vm-b")
         assert rc == 0 and "vm-b: killed (SIGKILL)" in out
         rc, out, _ = run(capsys, "vm", "list", "-o", "json")
-        assert {r["name"]: r["state"] for r in json.loads(out)}["vm-b"] == "crashed"
+        assert {r["name"]: r["state"] for r in json.loads(out)["items"]}["vm-b"] == "crashed"
         rc, out, _ = run(capsys, "events", "-o", "json")
-        assert any(e["kind"] == "vm-exited" and e["name"] == "vm-b" for e in json.loads(out))
+        assert any(e["kind"] == "vm-exited" and e["name"] == "vm-b" for e in json.loads(out)["items"])
     finally:
         pids = list(rd.read_pids().values())
         rc, out, _ = run(capsys, "down")
@@ -201,7 +207,7 @@ def test_a_failed_up_tears_down_everything(fakes: Path, tmp_path: Path, capsys: 
 
 @pytest.mark.skipif(not REAL_BROKER, reason="broker/process.py does not exist yet: no real fabric to drive")
 def test_the_real_fabric_end_to_end(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run(capsys, "up")
+    rc, out, err = run(capsys, "up", FABRIC)
     try:
         assert rc == 0, err
         rc, out, _ = run(capsys, "vm", "exec", "vm-a", "--", "ping", "-c", "2", "-i", "0.05", "203.0.113.10")
