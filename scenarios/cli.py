@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -192,7 +194,8 @@ def _load(path: Path) -> schema.Scenario:
     try:
         return schema.load(path)
     except schema.ScenarioError as exc:
-        raise CliError(f"{path}: {exc}") from None
+        text = str(exc)  # a file that cannot be read is named by the error already
+        raise CliError(text if text.startswith(f"{path}: ") else f"{path}: {text}") from None
 
 
 async def cmd_down(ns: argparse.Namespace) -> int:
@@ -464,13 +467,68 @@ async def cmd_vm_exec(ns: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise CliError("vm exec: give the command after '--', e.g. hcinet vm exec vm-a -- ping -c 3 172.16.0.11")
+    args: dict[str, Any] = {"argv": argv}
+    data = "" if ns.no_stdin else _stdin_text()
+    if data:
+        args["input"] = data
     _, agent = await _agent(ns)
     endpoint = await runner.endpoint_of(agent, ns.vm)
-    result = await runner.call(endpoint, "exec", {"argv": argv}, timeout=ns.timeout, what=ns.vm)
+    result = await runner.call(endpoint, "exec", args, timeout=ns.timeout, what=ns.vm)
     sys.stdout.write(result.get("stdout", ""))
     sys.stdout.flush()
     sys.stderr.write(result.get("stderr", ""))
     return int(result.get("rc", 1))
+
+
+def _stdin_text() -> str:
+    """Standard input for the tool (``echo hi | hcinet vm exec vm-a -- nc HOST PORT``); none
+    from a terminal, as ``ssh`` and ``docker exec`` do without ``-t``/``-i``."""
+    stdin = sys.stdin
+    try:
+        if stdin is None or stdin.isatty():
+            return ""
+        return stdin.buffer.read().decode("utf-8", "replace")
+    except (OSError, ValueError, AttributeError):  # closed, or not a real file (pytest's)
+        return ""
+
+
+async def cmd_vm_claim(ns: argparse.Namespace) -> int:
+    """Claim (and optionally keep re-announcing) addresses on a NIC: a gratuitous ARP."""
+    nic: str | int = ns.nic if ns.nic is not None else 0
+    _, agent = await _agent(ns)
+    endpoint = await runner.endpoint_of(agent, ns.vm)
+    if ns.announce_interval is None:
+        reply = await runner.call(endpoint, "claim", {"nic": nic, "ips": ns.ips}, what=ns.vm)
+        every = ""
+    else:
+        reply = await runner.call(endpoint, "announce", {"nic": nic, "ips": ns.ips,
+                                                          "interval_s": ns.announce_interval / 1000.0}, what=ns.vm)
+        every = f" (re-announced every {ns.announce_interval / 1000.0:g} s until 'hcinet vm release')"
+    if ns.output in ("json", "yaml"):
+        emit_doc(reply, ns.output)
+        return 0
+    print(f"{ns.vm}/{reply['nic']}: claimed {', '.join(reply['ips'])}{every}")
+    return 0
+
+
+async def cmd_vm_release(ns: argparse.Namespace) -> int:
+    nic: str | int = ns.nic if ns.nic is not None else 0
+    _, agent = await _agent(ns)
+    endpoint = await runner.endpoint_of(agent, ns.vm)
+    reply = await runner.call(endpoint, "release", {"nic": nic, "ips": ns.ips}, what=ns.vm)
+    if ns.output in ("json", "yaml"):
+        emit_doc(reply, ns.output)
+        return 0
+    print(f"{ns.vm}/{reply['nic']}: released {', '.join(reply['ips'])}")
+    return 0
+
+
+def announce_interval(text: str) -> float:
+    """``1s``, ``500ms``: > 0 (a one-time claim: leave the option out)."""
+    value = duration_ms(text)
+    if value < 10:
+        raise argparse.ArgumentTypeError(f"{text!r}: the interval must be at least 10ms")
+    return value
 
 
 # --- net --------------------------------------------------------------------------------------
@@ -744,7 +802,28 @@ def build_parser() -> argparse.ArgumentParser:
               "Example:\n\n  hcinet vm exec --timeout 60 vm-a -- ping -c 3 172.16.0.11")
     p.add_argument("vm", help="the VM's name")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the tool (default 300)")
+    p.add_argument("-n", "--no-stdin", action="store_true",
+                   help="do not pass standard input to the tool (by default it is passed unless it is a terminal)")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
+    p = _verb(vm, "claim", cmd_vm_claim, "claim IPs on a VM's NIC (a gratuitous ARP), optionally re-announced",
+              "Claim addresses on a NIC of a VM, as a gratuitous ARP does: the broker delivers them to\n"
+              "this NIC from now on, and if another NIC held one it records a conflict ('hcinet net\n"
+              "conflicts'); the latest claim wins. With --announce-interval the claim is repeated at\n"
+              "that interval, as keepalived does, until 'hcinet vm release'. Example:\n\n"
+              "  hcinet vm claim client-dc --nic eth0 172.16.0.150 --announce-interval 1s")
+    p.add_argument("vm", help="the VM's name")
+    p.add_argument("ips", nargs="+", metavar="IP", help="the addresses to claim")
+    p.add_argument("--nic", help="the NIC's name (default: the VM's first NIC)")
+    p.add_argument("--announce-interval", type=announce_interval, metavar="TIME",
+                   help="re-announce every TIME (e.g. 1s, 500ms); default: claim once")
+    _output(p)
+    p = _verb(vm, "release", cmd_vm_release, "release IPs a VM's NIC claimed (stops re-announcing them)",
+              "Release addresses of a NIC of a VM: the broker stops delivering them to it, and a\n"
+              "re-announcement of them stops.")
+    p.add_argument("vm", help="the VM's name")
+    p.add_argument("ips", nargs="+", metavar="IP", help="the addresses to release")
+    p.add_argument("--nic", help="the NIC's name (default: the VM's first NIC)")
+    _output(p)
 
     net = _group(sub, "net", "the emulated network: counters, impairments, partitions, routes",
                  "Network commands: they talk to the broker, the datacenter network.")
@@ -808,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
               "status', 'hcinet get nodes -o wide' and a curl from client-ext to client-dc, and leave it\n"
               "running ('hcinet down' stops it).\n\n"
               "With --fabric: the step-1 tour of fabric-demo.yaml: pings on one network and across the\n"
-              "gateway, a 10 MB transfer, 50 ms delay switched on and off, 20%% loss, a partition and\n"
+              "gateway, a 10 MB transfer, 50 ms delay switched on and off, 20% loss, a partition and\n"
               "its healing, and the counters; taken down afterwards unless --keep.")
     p.add_argument("file", nargs="?", help="scenario YAML (default: default.yaml; fabric-demo.yaml with --fabric)")
     p.add_argument("--fabric", action="store_true", help="the step-1 fabric tour instead")
@@ -829,6 +908,31 @@ _ERRORS = (CliError, RunnerError, rundir.RunDirError, schema.ScenarioError, mgmt
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _broken_pipe()
+    except BaseExceptionGroup as group:  # from a nursery: quiet only if it is all broken pipes
+        if group.split(BrokenPipeError)[1] is not None:
+            raise
+        return _broken_pipe()
+    return rc
+
+
+def _broken_pipe() -> int:
+    """``hcinet status | head``: the reader left.  Exit quietly with the status of a process
+    killed by SIGPIPE (128 + 13), as ``cat`` does; what is still buffered goes nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (tests): nothing to silence
+        pass
+    return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.func is None:  # `hcinet` or `hcinet net` alone: show what there is
@@ -836,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = trio.run(_run, ns)
+    except BrokenPipeError:
+        raise
     except _ERRORS as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         sys.stderr.write(f"hcinet: error: {text}\n")

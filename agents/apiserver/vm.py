@@ -222,9 +222,10 @@ class ApiServerVM(VM):
         if not isinstance(state_dir, str):
             raise ConfigError("state_dir: expected a path string")
         self.state_dir = state_dir
-        if not config.nics or not config.nics[0].ips:
-            raise ConfigError("nics: the API server needs a NIC with an address")
-        self.node_ip = config.nics[0].ips[0]
+        if not config.nics:
+            raise ConfigError("nics: the API server needs a NIC")
+        # Its address: static (known now) or leased over DHCP before start_services runs.
+        self.node_ip = config.nics[0].ips[0] if config.nics[0].ips else ""
         self.store: Store | None = None
         self.service: ApiService | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -236,6 +237,7 @@ class ApiServerVM(VM):
 
     async def start_services(self) -> None:
         await super().start_services()
+        self.node_ip = self._first_address()
         loop = asyncio.get_running_loop()
         os.makedirs(self.state_dir, exist_ok=True)
         store = self.store = Store(os.path.join(self.state_dir, "apiserver.sqlite"))
@@ -253,6 +255,15 @@ class ApiServerVM(VM):
         self._tasks.append(loop.create_task(self._lifecycle_loop(), name="node-lifecycle"))
         log.info("API server for cluster %s: %s:%d, store rv %d (%s)", self.cluster or "?", self.node_ip,
                  API_PORT, store.rv, store.path)
+
+    def _first_address(self) -> str:
+        """The first NIC's address: its static one, or the one its DHCP client leased (the
+        runtime leases before ``start_services``); the ``kubernetes`` Service points at it."""
+        held = self._claimed.get(0) or list(self.config.nics[0].ips)
+        if not held:
+            raise ConfigError(f"nics[0]: {self.config.nics[0].name} has no address (static or leased): "
+                              "the API server needs one")
+        return held[0]
 
     async def stop_services(self) -> None:
         for task in self._tasks:

@@ -25,9 +25,11 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from agents import mgmt
@@ -45,6 +47,8 @@ EVENTS_WAIT_S = 5.0  # long poll of the host agent's events
 LBAGENT_PORT = 46000  # cloud agent -> lbagent on the LB VM (FACTS.md)
 LB_RETRY_MIN, LB_RETRY_MAX = 0.1, 2.0
 HA_TRIES = 5  # failed restarts of one VM before MOC gives up (and says so in `status`)
+NODE_DELETE_RETRY_MAX = 5.0  # seconds between attempts to delete a removed node's Node object
+PENDING_NODE_DELETIONS = "pending_node_deletions"  # meta key: [[cluster, node], ...]
 ROLES = ("apiserver", "haproxy", "node", "client")
 
 
@@ -56,6 +60,8 @@ class HostAgentApi(Protocol):
 
 # (lb ip, lbagent document) -> raises on failure; the default speaks HTTP over the VM's stack.
 LbProgrammer = Callable[[str, dict[str, Any]], Awaitable[None]]
+# (API server VIP, node name) -> deletes the Node object (a 404 counts as done); raises on failure.
+NodeDeleter = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -80,7 +86,7 @@ class CloudAgent:
     def __init__(self, *, store: Store, hostagent: HostAgentApi, timers: Timers, run_dir: str,
                  broker: str, lb_programmer: LbProgrammer | None = None,
                  broker_api: HostAgentApi | None = None, kinds: Mapping[str, str] | None = None,
-                 reserved: Mapping[str, str] | None = None) -> None:
+                 reserved: Mapping[str, str] | None = None, node_deleter: NodeDeleter | None = None) -> None:
         self.store = store
         self.hostagent = hostagent
         self.broker_api = broker_api
@@ -88,6 +94,7 @@ class CloudAgent:
         self.run_dir = run_dir
         self.broker = broker
         self.lb_programmer = lb_programmer
+        self.node_deleter = node_deleter
         self.kinds = dict(kinds or {})  # role -> VM kind to run (tests use "plain" stand-ins)
         self.reserved = dict(reserved or {})  # addresses no pool may hold (the cloud agent's own)
         self.ipam = P.Ipam()
@@ -146,6 +153,9 @@ class CloudAgent:
         for lb in self.lbs.values():
             if not lb.programmed:
                 self._program(lb.name)
+        for cluster in {c for c, _ in self._pending_node_deletions()}:
+            names = sorted(n for c, n in self._pending_node_deletions() if c == cluster)
+            self._spawn(self._retry_node_deletions(cluster, names), f"delete nodes {cluster}")
 
     async def close(self) -> None:
         tasks = [*self._tasks, *self._restarts.values(), *self._programming.values()]
@@ -192,10 +202,14 @@ class CloudAgent:
             return
         finally:
             client.close()
-        claims = stats.get("claims", {}) if isinstance(stats, dict) else {}
-        ips = [str(ip) for ip in claims.get("eth0", [])]
-        if ips and vm.name in self.vms:
-            self._put_vm(replace(self.vms[vm.name], ips=ips))
+        ips = leased_ips(stats)
+        current = self.vms.get(vm.name)
+        if ips and current is not None and current.ips != ips:
+            self._put_vm(replace(current, ips=ips))
+            if current.kind == "apiserver" and current.ips:  # a new lease: the LB's backend moved
+                for lb in self.lbs.values():
+                    if lb.cluster == current.cluster and lb.lb_vm is not None:
+                        self._program(lb.name, reprogram=True)
 
     async def _host_rows(self) -> dict[str, dict[str, Any]]:
         rows = await self._ha("list", {})
@@ -278,14 +292,45 @@ class CloudAgent:
         await asyncio.gather(*(one(vm) for vm in vms))
         return failures
 
-    async def _stop_all(self, names: list[str]) -> None:
+    def _retire(self, names: list[str]) -> None:
+        """Desired state ``stopped`` and no pending HA restart: what is being deleted (or rolled
+        back) must not be restarted while its processes are being removed."""
+        with self.store.tx():
+            for name in names:
+                vm = self.vms.get(name)
+                if vm is not None and vm.desired != "stopped":
+                    self.vms[name] = replace(vm, desired="stopped")
+                    self.store.set_desired(name, "stopped")
+        for name in names:
+            task = self._restarts.pop(name, None)
+            if task is not None:
+                task.cancel()
+
+    async def _remove_all(self, names: list[str]) -> None:
+        """Delete VMs on the host agent (``remove_vm``: stopped, forgotten, config gone)."""
         async def one(name: str) -> None:
             try:
-                await self._ha("stop_vm", {"name": name}, timeout=CALL_MARGIN + 5)
+                await self._ha("remove_vm", {"name": name}, timeout=CALL_MARGIN + 5)
             except (RemoteError, TimeoutError) as exc:  # never started, or gone already
-                log.info("stop %s: %s", name, exc)
+                log.info("remove %s: %s", name, exc)
 
         await asyncio.gather(*(one(n) for n in names))
+
+    def _disks(self, vm: VmRecord) -> list[Path]:
+        """What a VM keeps under the run directory: its ``state_dir`` (the API server's store is
+        ``clusters/<cluster>``) and ``disks/<vm>`` (the LB VM's applied config)."""
+        run_dir = Path(self.run_dir).resolve()
+        paths = [run_dir / "disks" / vm.name]
+        state_dir = vm.config.get("state_dir")
+        if isinstance(state_dir, str) and state_dir:
+            paths.append(Path(state_dir))
+        # Only inside the run directory: a config never makes MOC delete anything else.
+        return [p for p in paths if p.resolve() != run_dir and p.resolve().is_relative_to(run_dir)]
+
+    def _delete_disks(self, vms: list[VmRecord]) -> None:
+        for vm in vms:
+            for path in self._disks(vm):
+                shutil.rmtree(path, ignore_errors=True)
 
     # --- networks -------------------------------------------------------------------------
 
@@ -348,7 +393,9 @@ class CloudAgent:
         async with state.lock:
             failures = await self._start_all(vms)
             if failures:
-                await self._stop_all([vm.name for vm in vms])
+                names = [vm.name for vm in vms]
+                self._retire(names)
+                await self._remove_all(names)
                 self._drop_cluster(spec.name)
                 raise MgmtError(f"{spec.name}: {failures[0]}")
         return {"name": spec.name, "vnet": spec.vnet, "vip": state.vip, "loadBalancer": lb.name,
@@ -414,9 +461,12 @@ class CloudAgent:
                               "servers": servers}]}
 
     def _drop_cluster(self, name: str) -> None:
-        """Forget a cluster and free its addresses (its VMs are stopped by the caller)."""
-        for vm in [v for v in self.vms.values() if v.cluster == name]:
+        """Forget a cluster, free its addresses and delete its VMs' disks (the caller removed
+        the VMs): a cluster created again under this name starts from an empty store."""
+        vms = [v for v in self.vms.values() if v.cluster == name]
+        for vm in vms:
             self._forget_vm(vm.name)
+        self._delete_disks(vms)
         for lb in [lb for lb in self.lbs.values() if lb.cluster == name]:
             self.lbs.pop(lb.name, None)
             task = self._programming.pop(lb.name, None)
@@ -424,6 +474,8 @@ class CloudAgent:
                 task.cancel()
         self.ipam.release_cluster(name)
         self.store.delete_cluster(name)
+        self._set_pending_node_deletions(name, [n for c, n in self._pending_node_deletions() if c == name],
+                                         pending=False)
         self.clusters.pop(name, None)
 
     async def cluster_delete(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -433,13 +485,8 @@ class CloudAgent:
             if name not in self.clusters:
                 raise MgmtError(f"name: no cluster named {name}")
             vms = [v.name for v in self.vms.values() if v.cluster == name]
-            for vm in vms:  # no HA restart of what is being deleted
-                self.vms[vm] = replace(self.vms[vm], desired="stopped")
-                self.store.set_desired(vm, "stopped")
-                task = self._restarts.pop(vm, None)
-                if task is not None:
-                    task.cancel()
-            await self._stop_all(vms)
+            self._retire(vms)  # no HA restart of what is being deleted
+            await self._remove_all(vms)
             self._drop_cluster(name)
         return {"deleted": name, "vms": vms}
 
@@ -517,14 +564,13 @@ class CloudAgent:
             added = await self._grow(state, pool, count - len(current), current)
             return {"cluster": spec.name, "name": name, "nodeCount": count, "added": added, "removed": []}
         removed = [v.name for v in current[count:]]
-        for vm in removed:
-            self.vms[vm] = replace(self.vms[vm], desired="stopped")
-            self.store.set_desired(vm, "stopped")
-        await self._stop_all(removed)
+        self._retire(removed)
+        await self._remove_all(removed)
         for vm in removed:
             self._forget_vm(vm)
         self.ipam.shrink(spec.name, spec.vnet, len(removed))
         self._set_count(state, pool, count)
+        await self._delete_nodes(spec.name, removed)
         return {"cluster": spec.name, "name": name, "nodeCount": count, "added": [], "removed": removed}
 
     async def _grow(self, state: ClusterState, pool: P.NodePoolSpec, more: int,
@@ -545,7 +591,8 @@ class CloudAgent:
             self._set_count(state, pool, len(current) + more)
         failures = await self._start_all(new)
         if failures:
-            await self._stop_all([vm.name for vm in new])
+            self._retire([vm.name for vm in new])
+            await self._remove_all([vm.name for vm in new])
             for vm in new:
                 self._forget_vm(vm.name)
             self.ipam.shrink(spec.name, spec.vnet, more)
@@ -562,6 +609,60 @@ class CloudAgent:
             self.store.put_nodepool(NodePoolRow(cluster=spec.name, name=pool.name, os_type=pool.os_type,
                                                 count=count))
             self.store.set_reservation(spec.name, self.ipam.reservation(spec.name, spec.vnet))
+
+    # --- Node objects of removed node VMs ---------------------------------------------------
+
+    async def _delete_nodes(self, cluster: str, names: list[str]) -> None:
+        """After removing node VMs, delete their Node objects through the cluster's API server
+        (VIP:6443, over the emulated network), as Cluster API does when a Machine's VM is
+        deleted; otherwise they would stay NotReady forever.  One attempt now; what fails is
+        retried in the background (and after a restart of MOC: the pending list is stored)."""
+        if self.node_deleter is None or not names:
+            return
+        self._set_pending_node_deletions(cluster, names, pending=True)
+        left = await self._node_deletion_pass(cluster, names)
+        if left:
+            self._spawn(self._retry_node_deletions(cluster, left), f"delete nodes {cluster}")
+
+    async def _node_deletion_pass(self, cluster: str, names: list[str]) -> list[str]:
+        """Try each deletion once; return the names still pending."""
+        state = self.clusters.get(cluster)
+        deleter = self.node_deleter
+        if state is None or deleter is None:  # the cluster went, and its API server with it
+            self._set_pending_node_deletions(cluster, names, pending=False)
+            return []
+
+        async def one(name: str) -> bool:
+            if name in self.vms:  # a node VM of that name exists again: its kubelet owns the Node
+                return True
+            try:
+                await deleter(state.vip, name)
+            except Exception as exc:  # unreachable, refused: try again later
+                log.info("deleting Node %s of cluster %s: %s", name, cluster, exc)
+                return False
+            log.info("Node %s of cluster %s deleted", name, cluster)
+            return True
+
+        results = await asyncio.gather(*(one(n) for n in names))
+        self._set_pending_node_deletions(cluster, [n for n, ok in zip(names, results, strict=True) if ok],
+                                         pending=False)
+        return [n for n, ok in zip(names, results, strict=True) if not ok]
+
+    async def _retry_node_deletions(self, cluster: str, names: list[str]) -> None:
+        delay = LB_RETRY_MIN
+        while names:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, NODE_DELETE_RETRY_MAX)
+            names = await self._node_deletion_pass(cluster, names)
+
+    def _pending_node_deletions(self) -> set[tuple[str, str]]:
+        return {(str(c), str(n)) for c, n in self.store.get_meta(PENDING_NODE_DELETIONS, [])}
+
+    def _set_pending_node_deletions(self, cluster: str, names: list[str], *, pending: bool) -> None:
+        current = self._pending_node_deletions()
+        pairs = {(cluster, n) for n in names}
+        current = current | pairs if pending else current - pairs
+        self.store.set_meta(PENDING_NODE_DELETIONS, sorted(current))
 
     # --- client VMs -----------------------------------------------------------------------
 
@@ -587,6 +688,8 @@ class CloudAgent:
         self._put_vm(vm)
         failures = await self._start_all([vm])
         if failures:
+            self._retire([name])
+            await self._remove_all([name])
             self._forget_vm(name)
             raise MgmtError(failures[0])
         vm = self.vms.get(name, vm)
@@ -855,6 +958,19 @@ class CloudAgent:
                 raise MgmtError(f"timeout_s: not ready within {timeout:g} s, waiting for {', '.join(waiting[:5])}"
                                 + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""))
             await asyncio.sleep(0.05)
+
+
+def leased_ips(stats: Any, nic: str = "eth0") -> list[str]:
+    """A VM's leased addresses on ``nic`` from its ``stats``: its DHCP clients' (``dhcp``), not
+    every claim (a kube-vip control plane also claims the VIP there)."""
+    if not isinstance(stats, dict):
+        return []
+    leases = [str(d["ip"]) for d in stats.get("dhcp") or [] if isinstance(d, dict) and d.get("nic") == nic
+              and d.get("ip")]
+    if leases:
+        return leases
+    claims = stats.get("claims") or {}
+    return [str(ip) for ip in claims.get(nic, [])] if isinstance(claims, dict) else []
 
 
 def _leased(vm: VmRecord) -> bool:

@@ -29,6 +29,8 @@ log = logging.getLogger("hcinet.moc.vm")
 
 CLOUDAGENT_PORT = 55000  # FACTS.md: the cloud agent listens on 55000 (and 65000)
 LBAGENT_TIMEOUT = 5.0
+APISERVER_PORT = 6443
+NODE_DELETE_TIMEOUT = 3.0
 
 
 class LbAgentRefused(Exception):
@@ -85,7 +87,7 @@ class MocVM(VM):
         self.agent = CloudAgent(store=self.store, hostagent=hostagent, timers=self.timers,
                                 run_dir=self.config.run_dir, broker=self.config.broker,
                                 lb_programmer=self._put_lbagent, broker_api=broker_api,
-                                kinds=raw.get("kinds", {}), reserved=reserved)
+                                kinds=raw.get("kinds", {}), reserved=reserved, node_deleter=self._delete_node)
         await self.agent.start()
         from agents.vm.http import serve_http
 
@@ -122,6 +124,20 @@ class MocVM(VM):
             client.close()
         if response.status != 200:
             raise LbAgentRefused(f"{response.status} {response.reason}: {response.text.strip()[:200]}")
+
+    async def _delete_node(self, vip: str, name: str) -> None:
+        """``DELETE /api/v1/nodes/NAME`` at the cluster's VIP:6443 over the emulated network
+        (through its LB VM, as every client of the API server); a 404 means done already."""
+        from agents.kube.client import ApiError, KubeClient, api_path
+
+        client = KubeClient(self, vip, APISERVER_PORT, timeout=NODE_DELETE_TIMEOUT, user_agent="moc-cloudagent/1.0")
+        try:
+            await client.request("DELETE", api_path("nodes", name=name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        finally:
+            await client.close()
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

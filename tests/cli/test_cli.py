@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ def verbs(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[t
 
 
 REQUIRED = {("up",), ("down",), ("status",), ("vm", "list"), ("vm", "kill"), ("vm", "stop"), ("vm", "start"),
-            ("vm", "exec"), ("net", "counters"), ("net", "impair"), ("net", "clear"), ("net", "partition"),
+            ("vm", "exec"), ("vm", "claim"), ("vm", "release"), ("net", "counters"), ("net", "impair"), ("net", "clear"), ("net", "partition"),
             ("net", "heal"), ("net", "conflicts"), ("net", "routes"), ("logs",), ("demo",),
             # step 2
             ("get",), ("network", "create"), ("network", "get"), ("cluster", "create"), ("cluster", "delete"),
@@ -50,6 +53,7 @@ def test_every_verb_has_help(path: tuple[str, ...], capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert out.startswith(f"usage: hcinet {' '.join(path)}")
     assert "--deployment" in out
+    assert "%%" not in out  # argparse %-formats argument help, never descriptions
     # a description beyond the usage line: at least one sentence of explanation
     assert len([ln for ln in out.splitlines() if ln and not ln.startswith(("usage", " "))]) >= 2
 
@@ -134,8 +138,22 @@ def test_errors_are_one_line_with_exit_code_1(state: Path, capsys: pytest.Captur
         assert err == "hcinet: error: deployment default is not running (start it with 'hcinet up')\n"
     rc, _, err = run(capsys, "up", str(state / "missing.yaml"))
     assert rc == 1 and err.count("\n") == 1 and "missing.yaml: cannot read" in err
+    assert err.count("missing.yaml") == 1, err  # named once
     rc, _, err = run(capsys, "--deployment", "a/b", "status")
     assert (rc, err) == (1, "hcinet: error: deployment: 'a/b' is not a name (letters, digits, '-', '_', '.')\n")
+
+
+def test_a_reader_that_goes_away_ends_hcinet_quietly(state: Path) -> None:
+    """``hcinet status | head``: stdout's reader has gone (EPIPE); no error line, no traceback,
+    the status of a process killed by SIGPIPE."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before hcinet writes a byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "scenarios.cli", "down"], stdout=w, stderr=subprocess.PIPE,
+                              env={**os.environ, "HCINET_STATE_DIR": str(state)}, cwd=ROOT, timeout=30)
+    finally:
+        os.close(w)
+    assert (proc.returncode, proc.stderr) == (141, b"")
 
 
 def test_a_bad_scenario_is_refused_before_anything_starts(state: Path, tmp_path: Path,
@@ -206,12 +224,28 @@ def test_a_failed_up_tears_down_everything(fakes: Path, tmp_path: Path, capsys: 
 
 
 @pytest.mark.skipif(not REAL_BROKER, reason="broker/process.py does not exist yet: no real fabric to drive")
-def test_the_real_fabric_end_to_end(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_real_fabric_end_to_end(state: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     rc, out, err = run(capsys, "up", FABRIC)
     try:
         assert rc == 0, err
         rc, out, _ = run(capsys, "vm", "exec", "vm-a", "--", "ping", "-c", "2", "-i", "0.05", "203.0.113.10")
         assert rc == 0 and "2 received" in out
+        # Standard input that is not a terminal goes to the tool: `echo ... | hcinet vm exec`.
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hello echo\n")))
+        rc, out, _ = run(capsys, "vm", "exec", "vm-a", "--", "nc", "-u", "-w", "0.5", "203.0.113.10", "7")
+        assert (rc, out) == (0, "hello echo\n")
+        # An IP conflict made from the CLI: vm-b claims vm-a's address, re-announcing it.
+        rc, out, _ = run(capsys, "vm", "claim", "vm-b", "--nic", "eth0", "172.16.0.10", "--announce-interval", "50ms")
+        assert (rc, out) == (0, "vm-b/eth0: claimed 172.16.0.10 (re-announced every 0.05 s until "
+                                "'hcinet vm release')\n")
+        rc, out, _ = run(capsys, "net", "conflicts", "-o", "json")
+        assert [(e["ip"], e["previous"], e["owner"]) for e in json.loads(out)["items"]] == [
+            ("172.16.0.10", "vm-a/eth0", "vm-b/eth0")]
+        rc, out, _ = run(capsys, "vm", "release", "vm-b", "--nic", "eth0", "172.16.0.10")
+        assert (rc, out) == (0, "vm-b/eth0: released 172.16.0.10\n")
+        rc, out, _ = run(capsys, "vm", "claim", "vm-b", "172.16.0.99", "-o", "json")
+        assert rc == 0 and json.loads(out) == {"nic": "eth0", "ips": ["172.16.0.99"]}
         rc, out, _ = run(capsys, "net", "partition", "--a", "vm-a", "--b", "vm-c")
         ident = out.strip()
         assert rc == 0 and ident.isdigit()

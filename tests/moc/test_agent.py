@@ -40,6 +40,7 @@ class FakeHostAgent:
         self._new = asyncio.Event()
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail_start: set[str] = set()
+        self.stop_s = 0.0  # how long stopping a VM takes (SIGTERM -> exit)
 
     def _event(self, kind: str, **fields: Any) -> None:
         self.events.append({"seq": next(self._seq), "kind": kind, **fields})
@@ -54,7 +55,8 @@ class FakeHostAgent:
         args = args or {}
         self.calls.append((verb, args))
         await asyncio.sleep(0)
-        return getattr(self, f"_{verb}")(args) if verb != "events" else await self._events(args)
+        result = getattr(self, f"_{verb}")(args)
+        return await result if asyncio.iscoroutine(result) else result
 
     def _ping(self, args: dict[str, Any]) -> Any:
         return {"pid": 1}
@@ -62,7 +64,10 @@ class FakeHostAgent:
     def _start_vm(self, args: dict[str, Any]) -> Any:
         config = args["config"]
         name = config["name"]
-        if name in self.fail_start:
+        if name in self.fail_start:  # as the real one: an exit before ready is not expected
+            self.vms[name] = {"name": name, "kind": "vm", "state": "crashed", "pid": None, "config": config,
+                              "mgmt": None}
+            self._event("vm-exited", name=name, expected=False, signal=None, code=1, was="starting")
             raise RemoteError(f"{name}: exited with code 1 before it was ready")
         if self.vms.get(name, {}).get("state") == "running":
             raise RemoteError(f"name: VM {name} is already running")
@@ -77,14 +82,21 @@ class FakeHostAgent:
             raise RemoteError(f"name: no VM named {args['name']}")
         return self._start_vm({"config": row["config"]})
 
-    def _stop_vm(self, args: dict[str, Any]) -> Any:
+    async def _stop_vm(self, args: dict[str, Any]) -> Any:
         row = self.vms.get(args["name"])
         if row is None:
             raise RemoteError(f"name: no VM named {args['name']}")
         if row["state"] == "running":
+            await asyncio.sleep(self.stop_s)
             row["state"] = "stopped"
             self._event("vm-exited", name=row["name"], expected=True, signal=None, code=0)
         return {k: v for k, v in row.items() if k != "config"}
+
+    async def _remove_vm(self, args: dict[str, Any]) -> Any:
+        row = await self._stop_vm(args)
+        del self.vms[args["name"]]
+        self._event("vm-removed", name=args["name"])
+        return {**row, "removed": True}
 
     def _list(self, args: dict[str, Any]) -> Any:
         return [{k: v for k, v in row.items() if k != "config"} for row in self.vms.values()]
@@ -111,6 +123,7 @@ class Harness:
         self.programmed: list[tuple[str, dict[str, Any]]] = []
         self.lb_up = True
         self.agent: CloudAgent | None = None
+        self.run_dir = "/run/hcinet"
 
     async def program(self, ip: str, doc: dict[str, Any]) -> None:
         if not self.lb_up:
@@ -119,7 +132,7 @@ class Harness:
 
     async def start(self, **kw: Any) -> CloudAgent:
         self.agent = CloudAgent(store=Store(self.tmp / "moc.sqlite"), hostagent=self.host, timers=Timers(SCALE),
-                                run_dir="/run/hcinet", broker="tcp://127.0.0.1:5555", lb_programmer=self.program,
+                                run_dir=self.run_dir, broker="tcp://127.0.0.1:5555", lb_programmer=self.program,
                                 reserved={"172.16.0.5": "the cloud agent's address"}, **kw)
         await self.agent.start()
         return self.agent
@@ -229,7 +242,7 @@ def test_refusals_leave_nothing_behind(tmp_path: Path) -> None:
         with pytest.raises(MgmtError, match=r"^cluster1: cluster1-linux-1: exited with code 1 before it was ready$"):
             await moc.cluster_create(dict(CLUSTER))
         assert moc.clusters == {} and moc.vms == {} and moc.store.vms() == []
-        assert all(row["state"] != "running" for row in h.host.vms.values())
+        assert h.host.vms == {}  # the started ones and the failed one: removed from the host agent
         usage = moc.ipam.usage()[0]
         assert usage["nodePool"]["used"] == 0 and usage["vipPool"]["used"] == 0 and usage["nodePool"]["reserved"] == 0
         h.host.fail_start.clear()
@@ -290,7 +303,8 @@ def test_scale_delete_and_kube_vip(tmp_path: Path) -> None:
         assert moc.vms["cluster1-linux-3"].ips == ["172.16.0.26"]
         down = await moc.nodepool_scale({"cluster": "cluster1", "name": "cluster1-linux", "nodeCount": 1})
         assert down["removed"] == ["cluster1-linux-1", "cluster1-linux-2", "cluster1-linux-3"]
-        assert h.host.vms["cluster1-linux-1"]["state"] == "stopped" and "cluster1-linux-1" not in moc.vms
+        # Removed on the host agent (remove_vm), not merely stopped: `hcinet vm list` forgets them.
+        assert "cluster1-linux-1" not in h.host.vms and "cluster1-linux-1" not in moc.vms
         # Freed addresses are handed out again, lowest first.
         created = await moc.nodepool_create({"cluster": "cluster1", "name": "extra", "osType": "windows",
                                              "nodeCount": 1})
@@ -305,7 +319,7 @@ def test_scale_delete_and_kube_vip(tmp_path: Path) -> None:
         deleted = await moc.cluster_delete({"name": "cluster1"})
         assert sorted(deleted["vms"]) == ["cluster1-control-plane-0", "cluster1-lb", "cluster1-linux-0",
                                           "cluster1-windows-0"]
-        assert moc.vms == {} and moc.lbs == {} and all(r["state"] == "stopped" for r in h.host.vms.values())
+        assert moc.vms == {} and moc.lbs == {} and h.host.vms == {}
         usage = moc.ipam.usage()[0]
         assert (usage["nodePool"]["used"], usage["nodePool"]["reserved"], usage["vipPool"]["used"]) == (0, 0, 0)
 
@@ -379,3 +393,92 @@ def _with_mgmt(start: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, An
     def wrapped(args: dict[str, Any]) -> Any:
         return {**start(args), "mgmt": "tcp://127.0.0.1:1"}
     return wrapped
+
+
+def test_a_failed_cluster_create_is_rolled_back_and_never_ha_restarted(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        moc = await h.start()
+        delay = moc.timers.ha_restart_delay
+        await moc.network_create(dict(NETWORK))
+        # The control plane exits before it is ready (an unexpected exit, as the host agent
+        # reports it); removing the others takes longer than the HA delay.
+        h.host.fail_start.add("cluster1-control-plane-0")
+        h.host.stop_s = delay * 3
+        with pytest.raises(MgmtError, match=r"^cluster1: cluster1-control-plane-0: exited with code 1"):
+            await moc.cluster_create(dict(CLUSTER))
+        await asyncio.sleep(delay * 3)
+        assert h.host.starts("cluster1-control-plane-0") == 1 and moc.ha_restarts == 0
+        assert h.host.vms == {} and moc.vms == {} and not (await moc.status({}))["ha"]["pending"]
+    run(test, tmp_path)
+
+
+def test_removed_node_vms_have_their_node_objects_deleted_through_the_api_server(tmp_path: Path) -> None:
+    deleted: list[tuple[str, str]] = []
+    down = {"up": False}
+
+    async def delete_node(vip: str, name: str) -> None:
+        if not down["up"]:
+            raise ConnectionRefusedError(f"{vip}:6443")
+        deleted.append((vip, name))
+
+    async def test(h: Harness) -> None:
+        down["up"] = True
+        moc = await h.start(node_deleter=delete_node)
+        await moc.network_create(dict(NETWORK))
+        await moc.cluster_create(dict(CLUSTER))
+        await moc.nodepool_scale({"cluster": "cluster1", "name": "cluster1-linux", "nodeCount": 1})
+        # Done by the time the scale-down answers (the VM first, then its Node).
+        assert deleted == [("172.16.0.150", "cluster1-linux-1")]
+        await moc.nodepool_delete({"cluster": "cluster1", "name": "cluster1-windows"})
+        assert deleted[-1] == ("172.16.0.150", "cluster1-windows-0")
+
+        # The API server unreachable: retried in the background, and after a restart of MOC.
+        down["up"] = False
+        await moc.nodepool_scale({"cluster": "cluster1", "name": "cluster1-linux", "nodeCount": 0})
+        assert moc.store.get_meta("pending_node_deletions") == [["cluster1", "cluster1-linux-0"]]
+        await h.stop()
+        down["up"] = True
+        moc = await h.start(node_deleter=delete_node)
+        await until(lambda: ("172.16.0.150", "cluster1-linux-0") in deleted, "the pending deletion")
+        await until(lambda: moc.store.get_meta("pending_node_deletions") == [], "the pending list emptied")
+
+        # A node VM created again under a removed name keeps its Node: nothing pending deletes it.
+        down["up"] = False
+        await moc.nodepool_scale({"cluster": "cluster1", "name": "cluster1-linux", "nodeCount": 1})
+        await moc.nodepool_scale({"cluster": "cluster1", "name": "cluster1-linux", "nodeCount": 0})
+        await moc.nodepool_scale({"cluster": "cluster1", "name": "cluster1-linux", "nodeCount": 1})
+        down["up"] = True
+        await until(lambda: moc.store.get_meta("pending_node_deletions") == [], "the stale deletion dropped")
+        assert deleted.count(("172.16.0.150", "cluster1-linux-0")) == 1
+    run(test, tmp_path)
+
+
+def test_cluster_delete_removes_its_store_and_lb_disk(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        run_dir = tmp_path / "run"
+        h.run_dir = str(run_dir)
+        moc = await h.start()
+        await moc.network_create(dict(NETWORK))
+        await moc.cluster_create(dict(CLUSTER))
+        # What the VMs write: the API server's store, the LB VM's applied config.
+        store = run_dir / "clusters" / "cluster1"
+        disk = run_dir / "disks" / "cluster1-lb"
+        for path in (store / "apiserver.sqlite", disk / "haproxy.json", run_dir / "disks" / "other" / "x",
+                     run_dir / "moc" / "moc.sqlite"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+        await moc.cluster_delete({"name": "cluster1"})
+        assert not store.exists() and not disk.exists()
+        assert (run_dir / "disks" / "other" / "x").exists() and (run_dir / "moc" / "moc.sqlite").exists()
+    run(test, tmp_path)
+
+
+def test_the_leased_address_is_the_dhcp_clients_not_every_claim() -> None:
+    from agents.moc.agent import leased_ips
+
+    # A kube-vip control plane (sku none) claims the API server VIP on the NIC it leased on.
+    stats = {"claims": {"eth0": ["172.16.0.21", "172.16.0.150"]},
+             "dhcp": [{"nic": "eth0", "ip": "172.16.0.21", "prefixlen": 24}]}
+    assert leased_ips(stats) == ["172.16.0.21"]
+    assert leased_ips({"claims": {"eth0": ["172.16.0.22"]}, "dhcp": []}) == ["172.16.0.22"]
+    assert leased_ips({"dhcp": [{"nic": "eth0", "ip": None}]}) == [] and leased_ips(None) == []

@@ -119,3 +119,26 @@ async def test_a_vm_with_a_restart_policy_is_restarted_unless_stopped(agent: run
     row = next(r for r in await call(agent, "list") if r["name"] == "moc")
     assert row["state"] == "crashed" and row["pid"] == third["pid"]
     assert len([e for e in await call(agent, "events") if e["kind"] == "vm-auto-restart"]) == 1
+
+
+async def test_remove_vm_stops_forgets_and_deletes_the_config(agent: rundir.AgentInfo, rd: rundir.RunDir) -> None:
+    await call(agent, "start_broker")
+    running = await call(agent, "start_vm", {"config": config("gone"), "restart": {"delay_s": 0.2}})
+    await call(agent, "start_vm", {"config": config("crashed")})
+    await call(agent, "kill_vm", {"name": "crashed"})
+    assert (rd.vms / "gone.json").exists()
+
+    removed = await call(agent, "remove_vm", {"name": "gone"})
+    assert (removed["name"], removed["state"], removed["removed"]) == ("gone", "stopped", True)
+    assert not rundir.pid_alive(running["pid"]) and not (rd.vms / "gone.json").exists()
+    await call(agent, "remove_vm", {"name": "crashed"})  # a dead VM is removed as well
+    names = [r["name"] for r in await call(agent, "list")]
+    assert "gone" not in names and "crashed" not in names
+    await trio.sleep(0.4)  # twice its restart delay: the removed VM's policy went with it
+    assert "gone" not in [r["name"] for r in await call(agent, "list")]
+    events = [(e["kind"], e.get("name")) for e in await call(agent, "events")]
+    assert ("vm-removed", "gone") in events and ("vm-auto-restart", "gone") not in events
+    with pytest.raises(mgmt.RemoteError, match=r"^name: no VM named gone"):
+        await call(agent, "remove_vm", {"name": "gone"})
+    with pytest.raises(mgmt.RemoteError, match=r"^name: no VM named gone"):
+        await call(agent, "restart_vm", {"name": "gone"})
