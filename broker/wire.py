@@ -75,8 +75,10 @@ _ARITY = {
 # Kinds followed by a body frame.
 WITH_BODY = frozenset({PACKETS, DELIVER})
 
-MAX_HEADER = 64 * 1024
-MAX_BODY = 8 * 1024 * 1024
+MAX_HEADER = 64 * 1024           # a data-plane header: a handful of fields
+MAX_BODY = 8 * 1024 * 1024       # a batch body
+MAX_MGMT = 8 * 1024 * 1024       # a management request or reply (e.g. a tool's output)
+_MGMT_KINDS = frozenset({REQUEST, REPLY})
 MAX_BATCH = 64  # packets per PACKETS/DELIVER frame (LIMITS.md: batching is worth 30x)
 
 BAD_FRAME_REASONS = ("garbage", "version", "truncated", "oversized", "kind")
@@ -125,7 +127,10 @@ def decode(frames: list[bytes]) -> tuple[Any, ...]:
     if not frames:
         raise WireError("truncated", "empty message")
     head = frames[0]
-    if len(head) > MAX_HEADER:
+    # Management messages carry their payload in the header frame; their first bytes
+    # (fixarray marker, version, kind) say so before anything is decoded.
+    limit = MAX_MGMT if head[2:3] and head[2] in _MGMT_KINDS and head[1] == VERSION else MAX_HEADER
+    if len(head) > limit:
         raise WireError("oversized", f"header of {len(head)} bytes")
     try:
         hdr = msgpack.unpackb(head, use_list=False, raw=False, strict_map_key=False)
@@ -199,4 +204,8 @@ def request(req_id: int, verb: str, args: dict[str, Any] | None = None) -> list[
 
 
 def reply(req_id: int, ok: bool, result: Any) -> list[bytes]:
-    return [_packb((VERSION, REPLY, req_id, ok, result))]
+    frame = _packb((VERSION, REPLY, req_id, ok, result))
+    if len(frame) > MAX_MGMT:  # the client would drop it and wait for its timeout: say why
+        frame = _packb((VERSION, REPLY, req_id, False,
+                        f"reply: {len(frame)} bytes exceeds the management limit of {MAX_MGMT}"))
+    return [frame]
