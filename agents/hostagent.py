@@ -264,10 +264,14 @@ class HostAgent:
         self._restart_delay: dict[str, float] = {}  # VM name -> delay_s of its restart policy
         self.exit_requested = trio.Event()
         self._broker_client: triozmq.TrioMgmtClient | None = None
+        # HCINET_FORKSERVER=1: VMs are forked from a server that pre-imported the VM runtime
+        # (agents/forkserver.py); `_forkserver_up` is set once it is ready (or failed to start).
+        self.forkserver: Any = None
+        self._forkserver_up: trio.Event | None = None
         self.handlers: dict[str, mgmt.Handler] = {
             "ping": self.ping, "start_broker": self.start_broker, "start_vm": self.start_vm,
             "restart_vm": self.restart_vm, "stop_vm": self.stop_vm, "kill_vm": self.kill_vm,
-            "list": self.list_children, "events": self.list_events, "shutdown": self.shutdown,
+            "remove_vm": self.remove_vm, "list": self.list_children, "events": self.list_events, "shutdown": self.shutdown,
         }
         for sub in ("logs", "pids", "vms"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -330,6 +334,20 @@ class HostAgent:
         child.stop_requested = True  # also cancels a pending automatic restart of a crashed VM
         await self._stop(child, float(timeout))
         return child.row()
+
+    async def remove_vm(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Delete a VM: stop it if it runs, forget it (no restart policy, gone from ``list``)
+        and remove its config file.  Its log stays, as a deleted VM's logs do on the host."""
+        child = self._vm(args)
+        child.stop_requested = True  # also cancels a pending automatic restart
+        self._restart_delay.pop(child.name, None)
+        await self._stop(child, STOP_TIMEOUT)
+        if self.children.get(child.name) is child:
+            del self.children[child.name]
+        _remove(self.run_dir / "vms" / f"{child.name}.json")
+        row = child.row()
+        self._event("vm-removed", name=child.name, was=row["state"])
+        return {**row, "removed": True}
 
     async def kill_vm(self, args: dict[str, Any]) -> dict[str, Any]:
         """SIGKILL: the VM crashes as a powered-off machine would, with no clean detach."""
@@ -401,7 +419,13 @@ class HostAgent:
         log_path = self.run_dir / "logs" / f"{child.name}.out"
         read_fd, write_fd = os.pipe()
         try:
-            child.popen = spawn([*child.argv, "--ready-fd", str(write_fd)], log_path, write_fd)
+            if child.kind == "vm" and self._forkserver_up is not None:
+                await self._forkserver_up.wait()
+            if child.kind == "vm" and self.forkserver is not None:
+                args = child.argv[child.argv.index("--config"):]
+                child.popen = await self.forkserver.spawn(args, log_path, write_fd)
+            else:
+                child.popen = spawn([*child.argv, "--ready-fd", str(write_fd)], log_path, write_fd)
         except OSError as exc:
             os.close(read_fd)
             raise mgmt.MgmtError(f"{child.name}: cannot start ({exc})") from None
@@ -510,9 +534,22 @@ class HostAgent:
         except OSError as exc:
             log.warning("events.jsonl: %s", exc)
 
+    async def start_forkserver(self) -> None:
+        """Start the fork server in the background; VM starts wait for it (see __init__)."""
+        from agents import forkserver
+
+        assert self._forkserver_up is not None
+        try:
+            self.forkserver = await forkserver.start(self.run_dir)
+        except forkserver.ForkServerError as exc:
+            log.warning("%s; starting VMs without it", exc)
+        self._forkserver_up.set()
+
     def close(self) -> None:
         if self._broker_client is not None:
             self._broker_client.close()
+        if self.forkserver is not None:
+            self.forkserver.close()  # the server exits when its socket closes
 
 
 def _timeout(args: dict[str, Any]) -> float:
@@ -574,6 +611,12 @@ def _other_agent(run_dir: Path) -> int | None:
     return pid if pid != os.getpid() and b"agents.hostagent" in cmdline else None
 
 
+def _forkserver_enabled() -> bool:
+    from agents import forkserver  # stdlib only at import; trio is imported when it is used
+
+    return forkserver.enabled()
+
+
 def _say_ready(ready_fd: int | None, msg: dict[str, Any]) -> None:
     if ready_fd is None:
         print(json.dumps(msg), flush=True)
@@ -597,6 +640,9 @@ async def run(run_dir: Path, ready_fd: int | None) -> None:
             agent = HostAgent(run_dir, nursery)
             await nursery.start(triozmq.serve_mgmt, sock, agent.handlers)
             nursery.start_soon(_on_signals, signals, agent)
+            if _forkserver_enabled():
+                agent._forkserver_up = trio.Event()  # before the ready line: no VM starts without it
+                nursery.start_soon(agent.start_forkserver)
             _write_json(run_dir / "hostagent.json", {"mgmt": endpoint, "pid": os.getpid(),
                                                     "run_dir": str(run_dir), "started_at": time.time()})
             _write_pid(run_dir / "pids" / "hostagent.pid", os.getpid())
