@@ -46,6 +46,7 @@ CALL_MARGIN = 10.0
 EVENTS_WAIT_S = 5.0  # long poll of the host agent's events
 LBAGENT_PORT = 46000  # cloud agent -> lbagent on the LB VM (FACTS.md)
 LB_RETRY_MIN, LB_RETRY_MAX = 0.1, 2.0
+LB_READY_WAIT = 10.0  # cluster_create: how long the nodes wait for the API server VIP to be served
 HA_TRIES = 5  # failed restarts of one VM before MOC gives up (and says so in `status`)
 NODE_DELETE_RETRY_MAX = 5.0  # seconds between attempts to delete a removed node's Node object
 PENDING_NODE_DELETIONS = "pending_node_deletions"  # meta key: [[cluster, node], ...]
@@ -106,6 +107,7 @@ class CloudAgent:
         self.ha_failures: dict[str, str] = {}  # VM -> why MOC gave up restarting it
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._programming: dict[str, asyncio.Task[None]] = {}
+        self._programmed: dict[str, asyncio.Event] = {}  # LB name -> set once its VIP is served
         self._tasks: set[asyncio.Task[None]] = set()
         self._hostagent_pid: int | None = None
         self.handlers: dict[str, mgmt.Handler] = {verb: getattr(self, verb) for verb in self.VERBS}
@@ -391,7 +393,14 @@ class CloudAgent:
         vms, lb = self._plan_cluster(spec, warnings)  # raises before anything is recorded
         state = self.clusters[spec.name]
         async with state.lock:
-            failures = await self._start_all(vms)
+            # The control plane and its LB VM first, the nodes once the VIP is served: a
+            # kubelet's first request would otherwise go to an unclaimed VIP and wait for its
+            # timeout (the real product also brings the control plane up before the nodes).
+            infra = [vm for vm in vms if vm.kind in ("apiserver", "haproxy")]
+            failures = await self._start_all(infra)
+            if not failures:
+                await self._until_programmed(lb.name, LB_READY_WAIT)
+                failures = await self._start_all([vm for vm in vms if vm not in infra])
             if failures:
                 names = [vm.name for vm in vms]
                 self._retire(names)
@@ -842,6 +851,7 @@ class CloudAgent:
         if lb is None or lb.lb_vm is None:
             return
         if reprogram and lb.programmed:
+            self._programmed.pop(name, None)
             lb = replace(lb, programmed=False)
             self.lbs[name] = lb
             self.store.set_programmed(name, False)
@@ -874,10 +884,24 @@ class CloudAgent:
                 else:
                     self.lbs[name] = replace(lb, programmed=True)
                     self.store.set_programmed(name, True)
+                    self._programmed.setdefault(name, asyncio.Event()).set()
                     log.info("load balancer %s programmed (VIP %s)", name, lb.vip)
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, LB_RETRY_MAX)
+
+    async def _until_programmed(self, name: str, timeout: float) -> bool:
+        """Wait (bounded) until the load balancer ``name`` took its config; sku none: at once."""
+        lb = self.lbs.get(name)
+        if lb is None or lb.programmed:
+            return True
+        event = self._programmed.setdefault(name, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            log.warning("load balancer %s not programmed within %.1f s; starting the nodes anyway", name, timeout)
+            return False
+        return True
 
     async def _put_lbagent(self, ip: str, doc: dict[str, Any]) -> None:
         raise RuntimeError("no network: the cloud agent VM supplies the lbagent client")

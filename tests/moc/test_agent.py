@@ -482,3 +482,25 @@ def test_the_leased_address_is_the_dhcp_clients_not_every_claim() -> None:
     assert leased_ips(stats) == ["172.16.0.21"]
     assert leased_ips({"claims": {"eth0": ["172.16.0.22"]}, "dhcp": []}) == ["172.16.0.22"]
     assert leased_ips({"dhcp": [{"nic": "eth0", "ip": None}]}) == [] and leased_ips(None) == []
+
+
+def test_node_vms_start_only_once_the_api_server_vip_is_served(tmp_path: Path) -> None:
+    """A kubelet's first request must find the VIP claimed: control plane and LB VM first,
+    LB programmed, then the nodes (a request to an unclaimed VIP waits for its timeout)."""
+    async def test(h: Harness) -> None:
+        started_when_programmed: list[list[str]] = []
+        program = h.program
+
+        async def watching(ip: str, doc: dict[str, Any]) -> None:
+            started_when_programmed.append([a["config"]["name"] for verb, a in h.host.calls if verb == "start_vm"])
+            await program(ip, doc)
+
+        h.program = watching  # type: ignore[method-assign]
+        moc = await h.start()
+        await moc.network_create(dict(NETWORK))
+        await moc.cluster_create(dict(CLUSTER))
+        assert started_when_programmed and set(started_when_programmed[0]) == {"cluster1-control-plane-0",
+                                                                               "cluster1-lb"}
+        started = [a["config"]["name"] for verb, a in h.host.calls if verb == "start_vm"]
+        assert len(started) == 5
+    run(test, tmp_path)
