@@ -43,6 +43,9 @@ import msgpack
 from agents.mgmt import MgmtError
 from broker import packets as P
 from broker import wire
+from broker.dhcp import BROADCAST as _BROADCAST
+from broker.dhcp import SERVER_PORT as _DHCP_PORT
+from broker.dhcp import DhcpError, DhcpServer
 from broker.impairments import Impairment, ImpairmentError, Link, send_through
 
 log = logging.getLogger(__name__)
@@ -171,6 +174,7 @@ class Underlay:
         self._unknown: dict[str, Nic] = {}  # bad frames from peers without an attached NIC
         self._partitions: dict[int, Partition] = {}
         self._next_partition = 1
+        self._dhcp: dict[str, DhcpServer] = {}  # network name -> the router's DHCP service
         self._blocked: set[tuple[Nic, Nic]] = set()
         self._imp_nic: dict[str, tuple[Impairment, Link, Link]] = {}  # name -> (egress, ingress)
         self._imp_pair: dict[tuple[str, str], tuple[Impairment, Link]] = {}
@@ -254,8 +258,8 @@ class Underlay:
                 src.drops["no_route"] += count
                 return []
         if target is None:
-            if dst in dst_net.gateways:
-                return self._router_answers(src, dst, body, count)
+            if dst in dst_net.gateways or (dst == _BROADCAST and net.name in self._dhcp):
+                return self._router_answers(src, dst, body, count, now)
             src.drops["no_route"] += count
             return []
         if self._blocked and (src, target) in self._blocked:
@@ -475,14 +479,24 @@ class Underlay:
             return []
         return self._deliver(src, 0, [P.net_unreachable(via, first)])
 
-    def _router_answers(self, src: Nic, gateway: str, body: Any, count: int) -> list[Msg]:
-        """Packets for a gateway address: the router answers echo requests, drops the rest."""
+    def _router_answers(self, src: Nic, gateway: str, body: Any, count: int, now: float) -> list[Msg]:
+        """Packets for a gateway address (or a broadcast on a network with DHCP): the router
+        answers echo requests and DHCP (broker/dhcp.py, replies straight to the NIC), drops
+        the rest."""
         batch = self._decode_batch(src, body, count)
         replies = []
+        dhcp = self._dhcp.get(src.network.name)
         for pkt in batch:
             if pkt[P.PROTO] in (P.ICMP, P.ICMPV6) and pkt[P.SPORT] in (P.ICMP_ECHO_REQUEST, P.ICMP6_ECHO_REQUEST):
+                if gateway == _BROADCAST:  # no answer to a broadcast ping (net.ipv4.icmp_echo_ignore_broadcasts)
+                    src.drops["no_route"] += 1
+                    continue
                 ident, seq = pkt[P.INFO]
                 replies.append(P.echo(gateway, pkt[P.SRC], False, ident, seq, pkt[P.PAYLOAD]))
+            elif dhcp is not None and pkt[P.PROTO] == P.UDP and pkt[P.DPORT] == _DHCP_PORT:
+                answer = dhcp.handle_packet(pkt, now)
+                if answer is not None:
+                    replies.append(answer)
             else:
                 src.drops["no_route"] += 1
         return self._deliver(src, 0, replies) if replies else []
@@ -689,7 +703,7 @@ class Underlay:
         nics.update((name, nic.counters()) for name, nic in sorted(self._unknown.items()))
         return {
             "nics": nics,
-            "networks": {name: net.describe() for name, net in self._networks.items()},
+            "networks": {name: self._describe(net) for name, net in self._networks.items()},
             "totals": self.totals(),
             "conflicts": self.conflicts(),
             "partitions": [part.describe(i) for i, part in self._partitions.items()],
@@ -718,7 +732,8 @@ class Underlay:
         }
 
     def add_network(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        _only(args, "add_network", {"name", "prefix", "gateway", "vlan", "mtu", "external"})
+        _only(args, "add_network", {"name", "prefix", "gateway", "vlan", "mtu", "external",
+                                    "dhcp_scope", "lease_s", "dns"})
         name = _name(args, "name")
         if name in self._networks:
             raise MgmtError(f"name: network {name!r} already exists")
@@ -734,11 +749,21 @@ class Underlay:
         external = args.get("external", False)
         if not isinstance(external, bool):
             raise MgmtError(f"external: expected true/false, got {external!r}")
+        dhcp = _dhcp_server(args, name, prefixes, gateways)
         net = Network(name, prefixes, gateways, vlan, mtu, external)
         self._networks[name] = net
+        if dhcp is not None:
+            self._dhcp[name] = dhcp
         for prefix in prefixes:  # the datacenter router reaches every network by default
             self._insert_route(Route(prefix, name, None))
-        return net.describe()
+        return self._describe(net)
+
+    def _describe(self, net: Network) -> dict[str, Any]:
+        out = net.describe()
+        dhcp = self._dhcp.get(net.name)
+        if dhcp is not None:
+            out["dhcp"] = dhcp.stats(dhcp.now)
+        return out
 
     def _check_prefixes(self, args: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
         raw = args.get("prefix")
@@ -762,6 +787,7 @@ class Underlay:
         if users:
             raise MgmtError(f"name: network {net.name} still has attached NICs ({', '.join(users)})")
         del self._networks[net.name]
+        self._dhcp.pop(net.name, None)
         routes = []
         for route in self._routes:
             if route.network == net.name:
@@ -969,6 +995,34 @@ def _prefix(field: str, text: Any) -> IPNetwork:
         return ipaddress.ip_network(text)
     except ValueError as exc:
         raise MgmtError(f"{field}: {text!r} is not a network prefix ({exc})") from None
+
+
+def _dhcp_server(args: Mapping[str, Any], name: str, prefixes: tuple[IPNetwork, ...],
+                 gateways: tuple[str, ...]) -> DhcpServer | None:
+    """``dhcp_scope: [start, end]`` (+ ``lease_s``, ``dns``): the router serves DHCP there."""
+    scope = args.get("dhcp_scope")
+    if scope is None:
+        for key in ("lease_s", "dns"):
+            if key in args:
+                raise MgmtError(f"{key}: only with dhcp_scope")
+        return None
+    if not isinstance(scope, list | tuple) or len(scope) != 2:
+        raise MgmtError(f"dhcp_scope: expected [start, end], got {scope!r}")
+    v4 = next((p for p in prefixes if p.version == 4), None)
+    if v4 is None:
+        raise MgmtError("dhcp_scope: the network has no IPv4 prefix (DHCPv4 only)")
+    gateway = next(g for g in gateways if ":" not in g)
+    lease = args.get("lease_s", 86400)
+    if isinstance(lease, bool) or not isinstance(lease, int | float):
+        raise MgmtError(f"lease_s: expected seconds > 0, got {lease!r}")
+    dns = args.get("dns", [])
+    if not isinstance(dns, list | tuple) or not all(_canonical(d) for d in dns) or len(dns) > 3:
+        raise MgmtError(f"dns: expected up to 3 addresses, got {dns!r}")
+    try:
+        return DhcpServer(network=name, prefix=str(v4), server_ip=gateway, start=scope[0], end=scope[1],
+                          lease_s=float(lease), router=gateway, dns=[str(_canonical(d)) for d in dns])
+    except DhcpError as exc:
+        raise MgmtError(str(exc)) from None
 
 
 def _gateways(raw: Any, prefixes: tuple[IPNetwork, ...]) -> tuple[str, ...]:

@@ -42,6 +42,13 @@ DRAIN_BURST = 256  # frames received back to back before the loop gets a turn (f
 SEND_BACKLOG_MAX = 10_000  # frames held while the DEALER is at its HWM; beyond: queue_full drop
 SOCKET_HWM = 10_000
 CLOSE_LINGER_MS = 1000
+# Plain ints: pyzmq's constants are enum members, and every ``|``/``&`` on them runs Python
+# code in ``enum`` (~1.5 µs each); ``Socket.get(EVENTS)`` itself returns an int.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE) | _NOBLOCK
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 class ConfigError(ValueError):
@@ -87,6 +94,8 @@ class NicConfig:
     addresses: tuple[str, ...]  # "ip/prefixlen"
     gateway: str | None
     mtu: int
+    dhcp: bool = False          # lease the address from the router's DHCP (agents/vm/dhcp.py)
+    dhcp_timeout: float = 5.0   # seconds to get a lease before the VM fails to start
 
     @property
     def ips(self) -> list[str]:
@@ -97,7 +106,15 @@ class NicConfig:
     def parse(cls, obj: Any, where: str) -> NicConfig:
         if not isinstance(obj, Mapping):
             raise ConfigError(f"{where}: expected an object")
-        addrs = _need(obj, "addresses", list, where + ".")
+        dhcp = obj.get("dhcp", False)
+        if not isinstance(dhcp, bool):
+            raise ConfigError(f"{where}.dhcp: expected true/false, got {dhcp!r}")
+        addrs = obj.get("addresses", []) if dhcp else _need(obj, "addresses", list, where + ".")
+        if not isinstance(addrs, list):
+            raise ConfigError(f"{where}.addresses: expected list, got {type(addrs).__name__}")
+        dhcp_timeout = obj.get("dhcp_timeout_s", 5.0)
+        if isinstance(dhcp_timeout, bool) or not isinstance(dhcp_timeout, int | float) or not dhcp_timeout > 0:
+            raise ConfigError(f"{where}.dhcp_timeout_s: expected seconds > 0, got {dhcp_timeout!r}")
         gateway = obj.get("gateway")
         mtu = obj.get("mtu", 1500)
         if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
@@ -108,7 +125,7 @@ class NicConfig:
             mac=_need(obj, "mac", str, where + "."),
             addresses=tuple(_interface(a, f"{where}.addresses[{i}]") for i, a in enumerate(addrs)),
             gateway=None if gateway in (None, "") else _ip(gateway, f"{where}.gateway"),
-            mtu=mtu,
+            mtu=mtu, dhcp=dhcp, dhcp_timeout=float(dhcp_timeout),
         )
 
 
@@ -244,6 +261,10 @@ def _nowhere(nic: int, pkts: Any) -> None:
     """Deliveries before a stack is bound are dropped (nothing can be addressed to us yet)."""
 
 
+def _no_burst_end() -> None:
+    """Nothing batches output across a receive burst until a stack is bound."""
+
+
 class DataPort:
     """The VM's one DEALER to the broker's data ROUTER, shared by all its NICs.
 
@@ -251,13 +272,21 @@ class DataPort:
     through ``zmq.asyncio``: its futures cost ~20 µs per awaited receive (LIMITS.md), and
     the FD is edge-triggered, so a reader that also sends on the socket must re-check
     ``zmq.EVENTS`` after sending or it misses wake-ups.  Here every send path ends in that
-    check, and every wake-up drains until ``zmq.Again`` (in bursts, so flushes and timers
-    get their turn).
+    check, and every wake-up receives, then drains while ``zmq.EVENTS`` says POLLIN (in
+    bursts, so timers and other callbacks get their turn): asking EVENTS after a message
+    costs ~2 µs, the ``zmq.Again`` that would end a drain-by-receiving ~6 µs, and here the
+    end of a burst is on the latency path (the flush waits for it).
+
+    A drained burst ends in ``burst_end()``: the stack's output from the whole burst leaves
+    then, batched, rather than one loop iteration later (a ping's echo reply leaves as soon
+    as the socket is empty).
     """
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, deliver: Deliver | None = None) -> None:
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, deliver: Deliver | None = None,
+                 burst_end: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.deliver: Deliver = deliver or _nowhere
+        self.burst_end: Callable[[], None] = burst_end or _no_burst_end
         sock: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.DEALER)
         for opt, value in ((zmq.SNDHWM, SOCKET_HWM), (zmq.RCVHWM, SOCKET_HWM), (zmq.LINGER, CLOSE_LINGER_MS)):
             sock.setsockopt(opt, value)
@@ -341,6 +370,15 @@ class DataPort:
 
     def send_output(self, out: list[tuple[int, str, Any]]) -> None:
         """Send the stack's output: one PACKETS frame per (nic, dst, via) and 64 packets."""
+        if len(out) == 1:  # a lone packet (a probe, an echo reply, an ACK): no grouping
+            nic, via, pkt = out[0]
+            self._send(wire.packets(nic, pkt[1], via, (pkt,), pkt[8], pkt[3]))
+            counters = self.counters
+            counters["batches_out"] += 1
+            counters["packets_out"] += 1
+            counters["bytes_out"] += pkt[8]
+            self._after_send()
+            return
         groups: dict[tuple[int, str, str], list[Any]] = {}
         get = groups.get
         for nic, via, pkt in out:
@@ -379,7 +417,7 @@ class DataPort:
         self.counters["frames_out"] += 1
         if not self._backlog:
             try:
-                self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                self._send_now(frames)
                 return
             except zmq.Again:
                 pass
@@ -400,19 +438,31 @@ class DataPort:
             self._scheduled = True
             self._loop.call_later(0.001, self._on_events)
 
+    def _send_now(self, frames: list[bytes]) -> None:
+        """Part by part with int flags: ``send_multipart`` type-checks every part and ORs enum
+        flags in Python (~3x the cost).  Only the first part can raise ``zmq.Again``: ZeroMQ
+        checks the high-water mark per message, and a started message is completed."""
+        send = self._sock.send
+        last = len(frames) - 1
+        send(frames[0], _MORE if last else _NOBLOCK)
+        for i in range(1, last):
+            send(frames[i], _MORE)
+        if last:
+            send(frames[last], _NOBLOCK, copy=False)  # a large body leaves without a copy
+
     def _after_send(self) -> None:
         """Sending may have consumed the FD's edge: look at EVENTS and wake up if needed."""
-        if not self._scheduled and not self._closed and cast(int, self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if not self._scheduled and not self._closed and cast(int, self._sock.get(_EVENTS)) & _POLLIN:
             self._scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._on_events)
 
     def _flush_backlog(self) -> None:
         backlog = self._backlog
-        sock = self._sock
+        send = self._send_now
         while backlog:
             try:
-                sock.send_multipart(backlog[0], zmq.NOBLOCK, copy=False)
+                send(backlog[0])
             except zmq.Again:
                 return
             backlog.popleft()
@@ -420,29 +470,48 @@ class DataPort:
     # -- receive path --
 
     def _on_events(self) -> None:
-        """The FD fired (or a send saw POLLIN): drain up to a burst, then yield the loop."""
+        """The FD fired (or a send saw POLLIN): drain up to a burst, flush what it caused,
+        then yield the loop."""
         self._scheduled = False
         if self._closed:
             return
         self.counters["wakeups"] += 1
-        sock = self._sock
-        if self._backlog and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+        get = cast(Callable[[int], int], self._sock.get)
+        if self._backlog and get(_EVENTS) & _POLLOUT:
             self._flush_backlog()
-        recv = sock.recv_multipart
-        handle = self._handle
-        noblock = zmq.NOBLOCK
+        # Straight to the first receive (a wake-up brings a message: measured, wake-ups equal
+        # messages in a ping run); a spurious one costs a zmq.Again.
         try:
-            for _ in range(DRAIN_BURST):
-                handle(recv(noblock))
-        except zmq.Again:
-            pass
-        else:  # more may be queued: come back after the flush and timers this burst caused
+            drained = self._drain(get)
+        finally:
+            self.burst_end()  # even if a receive raised: output must not wait for the next burst
+        if not drained:  # more is queued: come back after the timers and callbacks waiting
             self._scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._on_events)
-            return
-        if self._backlog:
+        elif self._backlog:
             self._poll_backlog()
+
+    def _drain(self, get: Callable[[int], int]) -> bool:
+        """Receive and handle up to DRAIN_BURST messages; True if the socket is empty."""
+        recv = self._sock.recv
+        handle = self._handle
+        for _ in range(DRAIN_BURST):
+            # Frames, not recv_multipart: ``Frame.more`` instead of a getsockopt(RCVMORE) per
+            # part, and a body is decoded straight from ZeroMQ's buffer (no copy).  The whole
+            # message is here once its first part is (ZeroMQ delivers messages atomically).
+            try:
+                part = recv(_NOBLOCK, False)
+            except zmq.Again:  # a spurious wake-up (POLLOUT while frames are held)
+                return True
+            frames: list[Any] = [part.bytes]
+            while part.more:
+                part = recv(_NOBLOCK, False)
+                frames.append(part)
+            handle(frames)
+            if not get(_EVENTS) & _POLLIN:
+                return True
+        return False
 
     def _handle(self, frames: list[bytes]) -> None:
         self.counters["frames_in"] += 1
@@ -574,6 +643,16 @@ def register_kind(name: str) -> Callable[[type[VM]], type[VM]]:
 
 
 def vm_class(kind: str) -> type[VM]:
+    if kind not in VM_KINDS and isinstance(kind, str) and kind.isidentifier():
+        # Kinds are found lazily: ``kind: X`` imports ``agents.X.vm``, which registers X; a
+        # node VM thus never imports another kind's code (docs/contracts-control-plane.md).
+        import importlib
+
+        try:
+            importlib.import_module(f"agents.{kind}.vm")
+        except ModuleNotFoundError as exc:
+            if exc.name not in (f"agents.{kind}", f"agents.{kind}.vm"):
+                raise
     try:
         return VM_KINDS[kind]
     except KeyError:
@@ -603,6 +682,7 @@ class VM:
         self._announcers: dict[tuple[int, tuple[str, ...]], asyncio.TimerHandle] = {}
         self._claimed: dict[int, list[str]] = {}
         self._attached: list[int] = []
+        self.dhcp: list[Any] = []  # DhcpClients of the NICs with "dhcp": true
         self.started_at = 0.0
 
     # -- set-up --
@@ -642,7 +722,9 @@ class VM:
         self.ctx = zmq.asyncio.Context()
         self.data = DataPort(self.ctx, self.config.broker)
         self.net = AsyncStack(self.build_stack(), self.data.send_output, loop)
-        self.data.deliver = self.net.receive  # bound directly: no layer between frame and stack
+        # Bound directly: no layer between frame and stack; output leaves at each burst's end.
+        self.data.deliver = self.net.receive_burst
+        self.data.burst_end = self.net.burst_end
         self.mgmt = MgmtServer(self.ctx, self.mgmt_handlers())
         endpoint = self.mgmt.bind()
         self.data.open()
@@ -652,6 +734,14 @@ class VM:
             await self.data.attach(index, spec)
             self._attached.append(index)
             self._claimed[index] = list(nic.ips)
+        for index, nic in enumerate(self.config.nics):
+            if nic.dhcp:  # the lease comes before readiness (docs/contracts-control-plane.md)
+                from .dhcp import DhcpClient
+
+                client = DhcpClient(self, index, timeout=nic.dhcp_timeout)
+                self.dhcp.append(client)
+                await client.acquire()
+                client.start()
         await self.start_services()
         log.info("VM %s (%s) up: %d NICs, management %s", self.name, self.kind, len(self.config.nics), endpoint)
         return endpoint
@@ -687,6 +777,8 @@ class VM:
         """Clean shutdown: apps, announcers, DETACH (acknowledged) before closing sockets."""
         log.info("VM %s stopping", self.name)
         await self.stop_services()
+        for client in self.dhcp:
+            await client.stop()
         for handle in self._announcers.values():
             handle.cancel()
         self._announcers.clear()
@@ -789,6 +881,7 @@ class VM:
             "claims": {self.config.nics[i].name: list(ips) for i, ips in self._claimed.items()},
             "announcing": [{"nic": self.config.nics[k[0]].name, "ips": list(k[1])} for k in self._announcers],
             "apps": [app.stats() for app in self.apps],
+            "dhcp": [client.stats() for client in self.dhcp],
         }
 
     def _m_stats(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,10 @@
 aioquic's ``asyncio/protocol.py`` drives a ``QuicConnection``: every entry point (packets in,
 an app call, the timer) ends in :meth:`AsyncStack.kick`, which schedules ONE service call per
 loop iteration; that call hands the stack's output to the sink (the VM's broker port) and
-re-arms the one timer at ``stack.next_deadline()``.
+re-arms the one timer at ``stack.next_deadline()``.  Two places hand output over sooner, still
+batched: the end of a receive burst (:meth:`AsyncStack.burst_end`: the socket is drained, so
+whatever the burst caused leaves at once instead of a loop iteration later) and an ICMP echo
+request (:meth:`AsyncStack.push`: a ping socket's ``sendmsg`` transmits in the call).
 
 On top of it sits the app API a program on a real VM would find in asyncio:
 ``open_connection``/``start_server`` (``asyncio.StreamReader``/``StreamWriter`` over
@@ -45,7 +48,9 @@ class PingReply(NamedTuple):
     src: str
     seq: int
     ttl: int
-    rtt: float  # seconds (perf_counter: uvloop's loop.time() has 1 ms resolution)
+    # seconds (perf_counter: uvloop's loop.time() has 1 ms resolution), from just before the
+    # send to the reply's arrival at the stack (see Pinger.echo_reply)
+    rtt: float
     size: int  # ICMP bytes (header + payload), what ping prints as "64 bytes from"
 
 
@@ -89,7 +94,11 @@ class AsyncStack:
         self.stack = stack
         self.loop = loop or asyncio.get_running_loop()
         self._sink = sink
-        self._pending = False
+        self._scheduled: asyncio.Handle | None = None  # the service call of this iteration
+        self._in_burst = False  # a receive burst is running: its burst_end services the stack
+        # perf_counter() when the packets now being received entered the stack: their
+        # SO_TIMESTAMP (the kernel stamps an skb in netif_receive_skb, before IP input).
+        self.rx_stamp = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
@@ -99,22 +108,53 @@ class AsyncStack:
     # -- entry points --
 
     def receive(self, nic: int, pkts: Any) -> None:
+        """Packets in; the output they cause leaves at the next loop iteration."""
+        self.rx_stamp = time.perf_counter()
         self.stack.receive(nic, pkts, self.loop.time())
-        if not self._pending:
-            self._pending = True
-            self.loop.call_soon(self._service)
+        self.kick()
+
+    def receive_burst(self, nic: int, pkts: Any) -> None:
+        """Packets in, one message of a receive burst: the output waits for :meth:`burst_end`,
+        which the caller promises (one sink call for the whole burst)."""
+        self._in_burst = True
+        self.rx_stamp = time.perf_counter()
+        self.stack.receive(nic, pkts, self.loop.time())
+
+    def burst_end(self) -> None:
+        """The receive burst is over (its socket is drained): service the stack now."""
+        if self._in_burst:
+            self._in_burst = False
+            self._service_now()
 
     def kick(self) -> None:
-        """Call after every entry point into the stack: one service call per loop iteration."""
-        if not self._pending:
-            self._pending = True
-            self.loop.call_soon(self._service)
+        """Call after every entry point into the stack: one service call per loop iteration
+        (inside a receive burst, the burst's end is that call)."""
+        if self._scheduled is None and not self._in_burst:
+            self._scheduled = self.loop.call_soon(self._on_scheduled)
+
+    def push(self) -> None:
+        """Service the stack now: the output leaves before this returns, like ``sendmsg(2)``
+        on a ping socket, which transmits in the call.  Inside a receive burst the output
+        leaves with the burst's (burst_end)."""
+        if not self._in_burst:
+            self._service_now()
 
     def now(self) -> float:
         return self.loop.time()
 
+    def _on_scheduled(self) -> None:
+        self._scheduled = None
+        self._service()
+
+    def _service_now(self) -> None:
+        """Service now, in place of this iteration's scheduled call (none runs twice: after a
+        send, a redundant pass would compete with the packet's flight for the CPU)."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        self._service()
+
     def _service(self) -> None:
-        self._pending = False
         if self._closed:
             return
         out = self.stack.take_output()
@@ -547,19 +587,34 @@ class Pinger:
         """One probe; raises TimeoutError, PingError (an ICMP error came back) or the local
         stack's OSError (no route, message too long)."""
         dst = _address(dst, 0)[0]
-        fut: asyncio.Future[PingReply] = self._host.loop.create_future()
+        loop = self._host.loop
+        fut: asyncio.Future[PingReply] = loop.create_future()
         self._waiting[seq] = (fut, time.perf_counter())
+        expiry = None
         try:
-            self._echo.send(dst, seq=seq, payload=bytes(size), now=self._host.loop.time(), ttl=ttl)
-            self._host.kick()
-            return await asyncio.wait_for(fut, timeout)
+            self._echo.send(dst, seq=seq, payload=bytes(size), now=loop.time(), ttl=ttl)
+            self._host.push()  # the probe leaves now: its RTT starts at the send (iputils)
+            # One timer handle rather than asyncio.wait_for (an extra future, task and
+            # callbacks per probe): the probe's CPU after the send competes with its flight.
+            if timeout is not None:
+                expiry = loop.call_later(timeout, _expire, fut)
+            return await fut
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._waiting.pop(seq, None)
 
     def echo_reply(self, src: str, seq: int, payload: bytes, ttl: int, now: float) -> None:
+        """The RTT ends when the reply reached the stack, as iputils measures it by default:
+        the receive time is the socket's SO_TIMESTAMP, stamped where the packet entered the
+        kernel's stack, not when ping got to read it (``ping -U`` would include that)."""
         entry = self._waiting.get(seq)
         if entry is not None and not entry[0].done():
-            entry[0].set_result(PingReply(src, seq, ttl, time.perf_counter() - entry[1], len(payload) + 8))
+            sent = entry[1]
+            arrived = self._host.rx_stamp
+            if arrived < sent:  # not from the wire (a loopback reply, made inside the send)
+                arrived = time.perf_counter()
+            entry[0].set_result(PingReply(src, seq, ttl, arrived - sent, len(payload) + 8))
 
     def error_received(self, exc: Exception) -> None:
         entry = self._waiting.get(getattr(exc, "seq", -1))
@@ -571,3 +626,8 @@ class Pinger:
         for fut, _ in self._waiting.values():
             fut.cancel()
         self._waiting.clear()
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
