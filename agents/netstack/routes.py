@@ -7,6 +7,7 @@ longest-prefix scan here runs once per destination, not per packet.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,7 +26,7 @@ class Interface:
     """A NIC: addresses as ``"ip/len"`` strings, MTU and its counters."""
 
     __slots__ = ("index", "name", "mac", "mtu", "addresses", "ips", "networks",
-                 "rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+                 "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tap")
 
     def __init__(self, index: int, name: str, mac: str, mtu: int) -> None:
         self.index = index
@@ -36,6 +37,10 @@ class Interface:
         self.ips: list[str] = []
         self.networks: list[IPNetwork] = []
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        # The NIC's one tap point: ``tap(direction, pkt, now)`` sees every packet that
+        # enters ("in", before PREROUTING) or leaves ("out", after POSTROUTING) this NIC, as
+        # a capture on the interface would (tcpdump -i).  None: nothing to call.
+        self.tap: Callable[[str, Any, float], None] | None = None
 
     def add(self, text: str) -> tuple[str, IPNetwork]:
         ip, net = parse_interface(text)

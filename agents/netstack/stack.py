@@ -197,6 +197,17 @@ class NetStack:
         self._invalidate()
         return removed
 
+    def remove_interface(self, index: int) -> None:
+        """``ip link del``: the interface, its addresses and every route through it."""
+        iface = self._iface(index)
+        if iface is self._lo:
+            raise ValueError("dev: the loopback interface cannot be removed")
+        del self.interfaces[index]
+        self._routes.remove_dev(index)
+        self._local.clear()
+        self._local.update(ip for i in self.interfaces.values() for ip in i.ips)
+        self._invalidate()
+
     def set_protocol_handler(self, proto: int, handler: Callable[[Packet, float], None] | None) -> None:
         """Deliver local packets of IP protocol ``proto`` (e.g. SCTP) to ``handler(pkt, now)``
         after the INPUT hooks; None removes it (then: protocol unreachable)."""
@@ -240,6 +251,21 @@ class NetStack:
             self._settle(now)
         finally:
             self._busy = False
+
+    def output_packet(self, pkt: Packet, now: float) -> int:
+        """Send a packet built elsewhere (a tunnel device's encapsulation, a raw socket)
+        through the local output path: OUTPUT -> route -> POSTROUTING -> MTU.  Returns 0 or
+        the errno ``sendto(2)`` would give."""
+        self._now = now
+        err = self._output(pkt, now)
+        if self._loop and not self._busy:
+            self._run(now)
+        return err
+
+    def set_tap(self, nic: int, tap: Callable[[str, Packet, float], None] | None) -> None:
+        """Install (or remove, with None) the NIC's tap point: every packet in or out of it
+        passes there once, so a packet capture hooks in without touching the path."""
+        self._iface(nic).tap = tap
 
     def take_output(self) -> list[tuple[int, str, Packet]]:
         """What to send: ``[(nic, via, pkt)]``, ``via`` "" on-link or the next-hop address."""
@@ -312,11 +338,14 @@ class NetStack:
         pre = self._pre
         inp = self._in
         is_lo = iface is self._lo
+        tap = iface.tap
         n = nbytes = 0
         for pkt in packets:
             n += 1
             try:
                 nbytes += pkt[8]
+                if tap is not None:
+                    tap("in", pkt, now)
                 if pre:
                     pkt = self._hook(pre, pkt, now)
                     if pkt is None:
@@ -429,6 +458,8 @@ class NetStack:
                 del self._pmtu[dst]
         iface.tx_packets += 1
         iface.tx_bytes += size
+        if iface.tap is not None:
+            iface.tap("out", pkt, now)
         if dev == LOOPBACK:
             self._loop.append(pkt)
             return 0
@@ -468,6 +499,8 @@ class NetStack:
         self.counters["forwarded"] += 1
         out_iface.tx_packets += 1
         out_iface.tx_bytes += pkt[8]
+        if out_iface.tap is not None:
+            out_iface.tap("out", pkt, now)
         out = self._out
         out.append((dev, via, pkt))
         if len(out) == 1 and self.on_output is not None:

@@ -392,3 +392,24 @@ def test_unknown_protocol_is_unreachable_until_a_handler_registers(lan):
     a._output(sctp, net.now)
     net.run_for(0.01)
     assert seen == [sctp]
+
+
+# --- the NIC tap point ---------------------------------------------------------------------
+
+
+def test_a_nic_tap_sees_every_packet_in_and_out_of_that_nic_once(routed):
+    """The tap is where a packet capture hooks in: a routed ping crosses the router's two
+    NICs, so eth0's tap sees request in / reply out and eth1's request out / reply in."""
+    net, a, r, b = routed
+    seen: dict[int, list[tuple[str, str, int]]] = {0: [], 1: []}
+    for nic in (0, 1):
+        r.set_tap(nic, lambda d, pkt, now, nic=nic: seen[nic].append((d, pkt[P.DST], pkt[P.TTL])))
+    rec = EchoRecorder()
+    a.icmp_open(rec).send("10.2.0.10", 1, b"", net.now)
+    assert net.run(lambda: rec.replies, timeout=1)
+    assert seen[0] == [("in", "10.2.0.10", 64), ("out", "10.1.0.10", 63)]
+    assert seen[1] == [("out", "10.2.0.10", 63), ("in", "10.1.0.10", 64)]
+    r.set_tap(0, None)
+    a.icmp_open(rec).send("10.2.0.10", 2, b"", net.now)
+    assert net.run(lambda: len(rec.replies) == 2, timeout=1)
+    assert len(seen[0]) == 2 and len(seen[1]) == 4
