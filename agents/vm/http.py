@@ -183,6 +183,10 @@ class HttpServer:
         self.active += 1
         try:
             await _ServerConn(self, reader, writer).run()
+        except asyncio.CancelledError:
+            # close() cancels the connection tasks: ending here is the intent, and letting the
+            # cancellation escape makes asyncio log "Unhandled exception in client_connected_cb"
+            return
         except Exception:  # never let one connection's bug escape into the stream machinery
             self.errors += 1
             log.exception("%s: connection handler failed", self.name)
