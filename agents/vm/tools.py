@@ -506,6 +506,7 @@ async def udp_send(ctx: ToolContext, args: list[str]) -> int:
 # --- curl (agents/vm/curl.py: HTTP/1.1 over h11) and kwatch (agents/kube/kwatch.py: K watch
 # streams with arrival times, for benchmarks): imported here so that they register ---------
 
+from agents.dns import nslookup as _nslookup  # noqa: E402,F401
 from agents.kube import kwatch as _kwatch  # noqa: E402,F401
 
 from . import curl as _curl  # noqa: E402,F401
