@@ -67,7 +67,7 @@ async def _sink_stats(endpoint: str) -> dict[str, Any]:
 
 async def emulated(quick: bool) -> dict[str, float]:
     deployment = f"bench-{os.getpid()}"
-    dep = await runner.up(schema.loads(SCENARIO), deployment)
+    dep = await runner.up(schema.loads(SCENARIO), deployment, out=sys.stderr)  # stdout: the report only
     try:
         vm_a = dep.vms["vm-a"]["mgmt"]
         vm_b = dep.vms["vm-b"]["mgmt"]
@@ -104,7 +104,7 @@ async def emulated(quick: bool) -> dict[str, float]:
         out["ping_replies"] = len(rtts)
         return out
     finally:
-        await runner.down(deployment)
+        await runner.down(deployment, out=sys.stderr)
 
 
 async def _settled(endpoint: str) -> dict[str, Any]:
