@@ -220,7 +220,10 @@ def test_a_failed_up_tears_down_everything(fakes: Path, tmp_path: Path, capsys: 
     events = rd.read_events()
     started = {e.get("name", "hostagent") for e in events if e["kind"].endswith("-started")}
     exited = {e.get("name", "hostagent") for e in events if e["kind"].endswith("-exited")}
-    assert started == {"hostagent", "broker", "vm-a"} and exited == started | {"broken-b"}
+    # vm-a starts concurrently with broken-b, so it may or may not be ready before the failure
+    # tears everything down; whatever started has exited, and broken-b never started.
+    assert {"hostagent", "broker"} <= started <= {"hostagent", "broker", "vm-a"}
+    assert exited >= started | {"broken-b"}
 
 
 @pytest.mark.skipif(not REAL_BROKER, reason="broker/process.py does not exist yet: no real fabric to drive")
