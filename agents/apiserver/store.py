@@ -46,6 +46,14 @@ TRIM_EVERY = 500  # delete trimmed history rows from sqlite every this many even
 
 Obj = dict[str, Any]
 Validator = Callable[[Resource, Obj, "Obj | None"], None]
+# Admission (the registry's BeginCreate/BeginUpdate + mutating admission): called with
+# (operation CREATE|UPDATE|DELETE, resource, new object (mutable; None on DELETE), stored object
+# (None on CREATE)) before validation; may mutate ``new`` or raise a StatusError; may return a
+# ``finish(ok)`` the store calls once the write succeeded (True) or was refused later (False),
+# so allocations are released when a create fails after them (k8s' transaction commit/revert).
+Finish = Callable[[bool], None]
+Admit = Callable[[str, Resource, "Obj | None", "Obj | None"], "Finish | None"]
+FinishList = list[Finish]
 ResLike = Resource | str
 
 _SCHEMA = """
@@ -234,6 +242,7 @@ class Store:
         self.history_size = history
         self.clock = clock
         self.validator = validator
+        self.admission: dict[str, list[Admit]] = {}  # resource plural -> hooks, in order
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -428,6 +437,26 @@ class Store:
 
     # -- writes --
 
+    def add_admission(self, res: ResLike, fn: Admit) -> None:
+        self.admission.setdefault(_res(res).plural, []).append(fn)
+
+    def _admit(self, op: str, r: Resource, new: Obj | None, old: Obj | None) -> FinishList:
+        finish: FinishList = []
+        try:
+            for fn in self.admission.get(r.plural, ()):
+                f = fn(op, r, new, old)
+                if f is not None:
+                    finish.append(f)
+        except BaseException:
+            self._finish(finish, False)
+            raise
+        return finish
+
+    @staticmethod
+    def _finish(finish: FinishList, ok: bool) -> None:
+        for f in reversed(finish):
+            f(ok)
+
     def create(self, res: ResLike, obj: Obj) -> Obj:
         r = _res(res)
         obj = _copy(obj)
@@ -441,20 +470,27 @@ class Store:
         obj = {"apiVersion": r.api_version, "kind": r.kind, **obj}
         obj["apiVersion"], obj["kind"] = r.api_version, r.kind
         meta = obj["metadata"]
-        if self.validator is not None:
-            self.validator(r, obj, None)
-        name = meta.get("name")
-        if not isinstance(name, str) or not name:
-            raise errors.StatusError(422, "Invalid", f'{r.kind} "" is invalid: metadata.name: Required value: '
-                                     "name or generateName is required")
-        ns = meta.get("namespace", "") if r.namespaced else ""
-        if self._key(r, ns, name) in self._objs.get(r.plural, {}):
-            raise errors.already_exists(r, name)
-        meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = timestamp(self.clock())
-        meta["generation"] = 1
-        meta.pop("deletionTimestamp", None)
-        return self._write(r, ns, name, "ADDED", obj)
+        finish = self._admit("CREATE", r, obj, None) if r.plural in self.admission else []
+        try:
+            if self.validator is not None:
+                self.validator(r, obj, None)
+            name = meta.get("name")
+            if not isinstance(name, str) or not name:
+                raise errors.StatusError(422, "Invalid", f'{r.kind} "" is invalid: metadata.name: Required value: '
+                                         "name or generateName is required")
+            ns = meta.get("namespace", "") if r.namespaced else ""
+            if self._key(r, ns, name) in self._objs.get(r.plural, {}):
+                raise errors.already_exists(r, name)
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = timestamp(self.clock())
+            meta["generation"] = 1
+            meta.pop("deletionTimestamp", None)
+            out = self._write(r, ns, name, "ADDED", obj)
+        except BaseException:
+            self._finish(finish, False)
+            raise
+        self._finish(finish, True)
+        return out
 
     def update(self, res: ResLike, obj: Obj, *, subresource: str | None = None) -> Obj:
         """PUT: optimistic concurrency on ``metadata.resourceVersion`` (absent = unconditional)."""
@@ -519,17 +555,25 @@ class Store:
         for key in ("uid", "creationTimestamp", "namespace"):  # immutable, server-owned
             if key in old_meta:
                 meta[key] = old_meta[key]
-        meta["generation"] = old_meta.get("generation", 1)
-        if subresource is None and _spec_part(new) != _spec_part(cur):
-            meta["generation"] += 1
-        meta["resourceVersion"] = old_meta["resourceVersion"]
-        if new == cur:  # a no-op update writes nothing and keeps the resourceVersion (k8s does too)
-            self.stats.noop_updates += 1
-            return new
-        if self.validator is not None:
-            self.validator(r, new, cur)
-        ns = old_meta.get("namespace", "") if r.namespaced else ""
-        return self._write(r, ns, old_meta["name"], "MODIFIED", new)
+        finish = self._admit("UPDATE", r, new, cur) if r.plural in self.admission else []
+        try:
+            meta["generation"] = old_meta.get("generation", 1)
+            if subresource is None and _spec_part(new) != _spec_part(cur):
+                meta["generation"] += 1
+            meta["resourceVersion"] = old_meta["resourceVersion"]
+            if new == cur:  # a no-op update writes nothing and keeps the resourceVersion (k8s does too)
+                self.stats.noop_updates += 1
+                out = new
+            else:
+                if self.validator is not None:
+                    self.validator(r, new, cur)
+                ns = old_meta.get("namespace", "") if r.namespaced else ""
+                out = self._write(r, ns, old_meta["name"], "MODIFIED", new)
+        except BaseException:
+            self._finish(finish, False)
+            raise
+        self._finish(finish, True)
+        return out
 
     def delete(self, res: ResLike, ns: str | None, name: str, *,
                preconditions: Mapping[str, Any] | None = None) -> Obj:
@@ -545,7 +589,14 @@ class Store:
                 raise errors.conflict(r, name, f"Precondition failed: ResourceVersion in precondition: "
                                       f"{want_rv}, ResourceVersion in object meta: {cur_rv}")
         ns_key = self._key(r, ns, name)[0]
-        return self._write(r, ns_key, name, "DELETED", cur)
+        finish = self._admit("DELETE", r, None, cur) if r.plural in self.admission else []
+        try:
+            out = self._write(r, ns_key, name, "DELETED", cur)
+        except BaseException:
+            self._finish(finish, False)
+            raise
+        self._finish(finish, True)
+        return out
 
     # -- watch --
 

@@ -64,6 +64,8 @@ _TYPES = {
 
 def _go_value(value: Any) -> str:
     """How field errors print a value (Go's %q for strings, %d for ints, map/slice literals)."""
+    if type(value).__name__ == "_GoRepr":
+        return str(value)
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, bool):
@@ -73,6 +75,8 @@ def _go_value(value: Any) -> str:
     if isinstance(value, Mapping):
         inner = ", ".join(f"{json.dumps(str(k))}:{json.dumps(str(v))}" for k, v in value.items())
         return "map[string]string{" + inner + "}"
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # Go's %#v of a []string
+        return "[]string{" + ", ".join(json.dumps(v) for v in value) + "}" if value else "[]string(nil)"
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -499,6 +503,195 @@ def _event(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldE
     if inv.get("namespace") and inv.get("namespace") != ns:  # (a list never equals a string)
         return [invalid("involvedObject.namespace", inv.get("namespace"), "does not match event.namespace")]
     return []
+
+
+# --- step 3: deeper Pod, Service and Deployment checks (k8s.io/kubernetes pkg/apis/core/validation)
+
+
+PROTOCOLS = ["SCTP", "TCP", "UDP"]
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def port_name_errors(value: str, path: str) -> list[FieldError]:
+    """``IsValidPortName`` (IANA_SVC_NAME): what a named targetPort / containerPort name must be."""
+    out = []
+    if len(value) > 15:
+        out.append(invalid(path, value, "must be no more than 15 characters"))
+    if not re.match(r"^[-a-z0-9]+$", value):
+        out.append(invalid(path, value, "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"))
+    if "--" in value:
+        out.append(invalid(path, value, "must not contain consecutive hyphens"))
+    if value and not re.search(r"[a-z]", value):
+        out.append(invalid(path, value, "must contain at least one letter (a-z)"))
+    if value.startswith("-") or value.endswith("-"):
+        out.append(invalid(path, value, "must not begin or end with a hyphen"))
+    return out
+
+
+def _pod_spec(spec: Mapping[str, Any], path: str) -> list[FieldError]:
+    out: list[FieldError] = []
+    containers = spec.get("containers")
+    for i, c in enumerate(containers if isinstance(containers, list) else []):
+        for j, p in enumerate(_items(_obj(c), "ports", f"{path}.containers[{i}].ports", out)):
+            p = _obj(p)
+            proto = p.get("protocol", "TCP")
+            if proto not in PROTOCOLS:
+                out.append(not_supported(f"{path}.containers[{i}].ports[{j}].protocol", proto, PROTOCOLS))
+            if p.get("name") is not None:
+                out += port_name_errors(str(p["name"]), f"{path}.containers[{i}].ports[{j}].name")
+    out += _labels(spec.get("nodeSelector"), f"{path}.nodeSelector")
+    for i, t in enumerate(_items(spec, "tolerations", f"{path}.tolerations", out)):
+        t = _obj(t)
+        where = f"{path}.tolerations[{i}]"
+        op = t.get("operator") or "Equal"
+        if op not in ("Equal", "Exists"):
+            out.append(not_supported(f"{where}.operator", op, ["Equal", "Exists"]))
+        elif op == "Exists" and t.get("value"):
+            out.append(invalid(f"{where}.operator", t.get("value"), "value must be empty when `operator` is 'Exists'"))
+        effect = t.get("effect")
+        if effect and effect not in TAINT_EFFECTS:
+            out.append(not_supported(f"{where}.effect", effect, TAINT_EFFECTS))
+        if t.get("tolerationSeconds") is not None and effect != "NoExecute":
+            out.append(invalid(f"{where}.effect", effect or "",
+                               "effect must be 'NoExecute' when `tolerationSeconds` is set"))
+    return out
+
+
+@register_validator("Pod")
+def _pod_deep(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = obj.get("spec")
+    return _pod_spec(spec, "spec") if isinstance(spec, Mapping) else []
+
+
+def _externally_accessible(spec: Mapping[str, Any]) -> bool:
+    stype = spec.get("type") or "ClusterIP"
+    return stype in ("NodePort", "LoadBalancer") or (stype == "ClusterIP" and bool(spec.get("externalIPs")))
+
+
+@register_validator("Service")
+def _service_deep(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = _obj(obj.get("spec"))
+    out: list[FieldError] = []
+    stype = spec.get("type") or "ClusterIP"
+    selector = spec.get("selector")
+    if selector is not None and not isinstance(selector, Mapping):
+        out.append(invalid("spec.selector", selector, "must be a map of string keys to string values"))
+    else:
+        out += _labels(selector, "spec.selector")
+    if stype == "ExternalName" and not spec.get("externalName"):
+        out.append(required("spec.externalName"))
+    ports = spec.get("ports")
+    for i, p in enumerate(ports if isinstance(ports, list) else []):
+        p = _obj(p)
+        target = p.get("targetPort")
+        if isinstance(target, str):
+            out += port_name_errors(target, f"spec.ports[{i}].targetPort")
+        elif target is not None:
+            out += _port(target, f"spec.ports[{i}].targetPort")
+        if p.get("nodePort") not in (None, 0):
+            out += _port(p.get("nodePort"), f"spec.ports[{i}].nodePort")
+            if stype not in ("NodePort", "LoadBalancer"):
+                out.append(FieldError("Forbidden", f"spec.ports[{i}].nodePort", None,
+                                      f"may not be used when `type` is '{stype}'"))
+    etp = spec.get("externalTrafficPolicy")
+    if not _externally_accessible(spec):
+        if etp:
+            out.append(invalid("spec.externalTrafficPolicy", etp, "may only be set for externally-accessible services"))
+    elif etp and etp not in ("Cluster", "Local"):
+        out.append(not_supported("spec.externalTrafficPolicy", etp, ["Cluster", "Local"]))
+    itp = spec.get("internalTrafficPolicy")
+    if itp and itp not in ("Cluster", "Local"):
+        out.append(not_supported("spec.internalTrafficPolicy", itp, ["Cluster", "Local"]))
+    if spec.get("healthCheckNodePort") and not (stype == "LoadBalancer" and etp == "Local"):
+        out.append(invalid("spec.healthCheckNodePort", spec.get("healthCheckNodePort"),
+                           "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"))
+    timeout = _obj(_obj(spec.get("sessionAffinityConfig")).get("clientIP")).get("timeoutSeconds")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 < timeout <= 86400):
+        out.append(invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", timeout,
+                           "must be greater than 0 and less than 86400"))
+    cip = spec.get("clusterIP")
+    if cip not in (None, "", "None"):
+        out += _ip(cip, "spec.clusterIP")
+    if old is not None:
+        out += _service_update(spec, _obj(old.get("spec")))
+    return out
+
+
+def _service_update(spec: Mapping[str, Any], ospec: Mapping[str, Any]) -> list[FieldError]:
+    """ClusterIPs cannot change once set, unless the type changes from/to ExternalName."""
+    if "ExternalName" in (spec.get("type"), ospec.get("type")):
+        return []
+    new_ips = list(spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []))
+    old_ips = list(ospec.get("clusterIPs") or ([ospec["clusterIP"]] if ospec.get("clusterIP") else []))
+    if len(new_ips) != len(old_ips):
+        return []  # dual-stack upgrade/downgrade (step 5)
+    return [invalid(f"spec.clusterIPs[{i}]", new_ips, "may not change once set")
+            for i, (a, b) in enumerate(zip(old_ips, new_ips, strict=True)) if a != b]
+
+
+_PERCENT = re.compile(r"^[0-9]+%$")
+
+
+def _int_or_percent(value: Any, path: str) -> tuple[list[FieldError], int | None]:
+    """(errors, value in percent or absolute; ``None`` if unset or invalid)."""
+    if value is None:
+        return [], None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            return [invalid(path, value, "must be greater than or equal to 0")], None
+        return [], value
+    if isinstance(value, str) and _PERCENT.match(value):
+        return [], int(value[:-1])
+    return [invalid(path, value, "a valid percent string must be a numeric string followed by an ending '%' "
+                                 "(e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')")], None
+
+
+def _go_selector(sel: Mapping[str, Any]) -> str:
+    labels = _obj(sel.get("matchLabels"))
+    inner = ", ".join(f"{json.dumps(str(k))}:{json.dumps(str(v))}" for k, v in labels.items())
+    ml = "map[string]string{" + inner + "}" if labels else "map[string]string(nil)"
+    me = "[]v1.LabelSelectorRequirement(nil)" if not sel.get("matchExpressions") else \
+        "[]v1.LabelSelectorRequirement{...}"
+    return f"v1.LabelSelector{{MatchLabels:{ml}, MatchExpressions:{me}}}"
+
+
+@register_validator("Deployment")
+def _deployment_deep(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    spec = _obj(obj.get("spec"))
+    out: list[FieldError] = []
+    strategy = _obj(spec.get("strategy"))
+    stype = strategy.get("type", "RollingUpdate")
+    if stype not in ("Recreate", "RollingUpdate"):
+        out.append(not_supported("spec.strategy.type", stype, ["Recreate", "RollingUpdate"]))
+    ru = strategy.get("rollingUpdate")
+    if stype == "Recreate" and ru is not None:
+        out.append(FieldError("Forbidden", "spec.strategy.rollingUpdate", None,
+                              "may not be specified when strategy `type` is 'Recreate'"))
+    elif isinstance(ru, Mapping):
+        path = "spec.strategy.rollingUpdate"
+        e1, surge = _int_or_percent(ru.get("maxSurge"), f"{path}.maxSurge")
+        e2, unavail = _int_or_percent(ru.get("maxUnavailable"), f"{path}.maxUnavailable")
+        out += e1 + e2
+        if surge == 0 and unavail == 0:
+            out.append(invalid(f"{path}.maxUnavailable", ru.get("maxUnavailable"), "may not be 0 when `maxSurge` is 0"))
+        if isinstance(ru.get("maxUnavailable"), str) and unavail is not None and unavail > 100:
+            out.append(invalid(f"{path}.maxUnavailable", ru.get("maxUnavailable"), "must not be greater than 100%"))
+    tspec = _obj(_obj(spec.get("template")).get("spec"))
+    if tspec:
+        rp = tspec.get("restartPolicy", "Always")
+        if rp != "Always":
+            out.append(not_supported("spec.template.spec.restartPolicy", rp, ["Always"]))
+        out += _pod_spec(tspec, "spec.template.spec")
+    if old is not None:
+        osel = _obj(_obj(old.get("spec")).get("selector"))
+        sel = spec.get("selector")
+        if isinstance(sel, Mapping) and osel and dict(sel) != dict(osel):
+            out.append(invalid("spec.selector", _GoRepr(_go_selector(sel)), "field is immutable"))
+    return out
+
+
+class _GoRepr(str):
+    """A value already in Go's ``%#v`` form (printed as is)."""
 
 
 # --- entry point ---------------------------------------------------------------------------

@@ -30,9 +30,13 @@ from agents.mgmt import MgmtError
 from agents.timers import Timers
 from agents.vm.runtime import VM, ConfigError, VMConfig, register_kind
 
-from .controllers import NodeIpam, NodeLifecycle, ensure_kubernetes_service
+from .controllers import Informers, NodeIpam, NodeLifecycle, ensure_kubernetes_service, install_admission
+from .endpointslices import EndpointSliceController
 from .rest import Result, Router, Watch
+from .scheduler import Scheduler
+from .services import ServiceAllocator
 from .store import Event, Store
+from .workloads import DeploymentController, ReplicaSetController
 
 log = logging.getLogger("hcinet.apiserver")
 
@@ -232,6 +236,11 @@ class ApiServerVM(VM):
         self._ipam_pending = False
         self.ipam: NodeIpam | None = None
         self.lifecycle: NodeLifecycle | None = None
+        self.allocator: ServiceAllocator | None = None
+        self.informers: Informers | None = None
+        self.controllers: list[Any] = []  # deployment, replicaset, scheduler, endpointslice (run in that order)
+        self._pass_pending = False
+        self.controller_passes = 0
 
     # -- life cycle --
 
@@ -243,11 +252,20 @@ class ApiServerVM(VM):
         store = self.store = Store(os.path.join(self.state_dir, "apiserver.sqlite"))
         router = Router(store)
         router.bootstrap()
+        self.allocator = ServiceAllocator()
+        self.allocator.install(store)  # ClusterIP / NodePort allocation on Service writes
+        install_admission(store)  # DefaultTolerationSeconds on Pod creates
         ensure_kubernetes_service(store, self.node_ip, API_PORT)
         self.ipam = NodeIpam(store)
-        self.lifecycle = NodeLifecycle(store, self.timers)
+        informers = self.informers = Informers(store)
+        self.lifecycle = NodeLifecycle(store, self.timers, informers=informers)
+        self.controllers = [DeploymentController(store, informers), ReplicaSetController(store, informers),
+                            Scheduler(store, informers), EndpointSliceController(store, informers)]
+        for plural in ("pods", "nodes", "services", "replicasets", "deployments", "endpointslices"):
+            informers(plural).handlers.append(self._poke)
         store.watch("nodes", None, store.rv, self._on_node_event)
         self.ipam.sync()
+        self._controllers_pass()
         self.service = ApiService(store, router, loop)
         await self.service.serve(self)
         if self.kube_vip and self.vip:
@@ -276,6 +294,10 @@ class ApiServerVM(VM):
         self._tasks.clear()
         if self.service is not None:
             await self.service.close()
+        if self.informers is not None:
+            self.informers.close()
+            self.informers = None
+        self.controllers = []
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -298,14 +320,42 @@ class ApiServerVM(VM):
 
     async def _lifecycle_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timers.node_monitor_period
         while True:
-            await asyncio.sleep(self.timers.node_monitor_period)  # the controller's period (a timer, not sync)
+            await asyncio.sleep(max(deadline - loop.time(), 0.0))  # the monitor period, or an eviction due
             if self.lifecycle is None or self.store is None:
                 return
             try:
                 self.lifecycle.tick(loop.time())
             except Exception:
                 log.exception("node lifecycle pass failed")
+            self._controllers_pass()  # also the periodic look (minReadySeconds, retries)
+            deadline = self.lifecycle.next_deadline(loop.time())
+
+    def _poke(self, *_: Any) -> None:
+        """An informer changed: run the controllers once this loop iteration is done."""
+        if not self._pass_pending:
+            self._pass_pending = True
+            asyncio.get_running_loop().call_soon(self._controllers_pass)
+
+    def _controllers_pass(self) -> None:
+        """Deployments → ReplicaSets → scheduler → EndpointSlices until none has work left
+        (bounded: one change cascades through them within one pass)."""
+        self._pass_pending = False
+        if self.store is None:
+            return
+        self.controller_passes += 1
+        for _ in range(8):
+            busy = False
+            for ctrl in self.controllers:
+                if ctrl.pending():
+                    busy = True
+                    try:
+                        ctrl.sync()
+                    except Exception:
+                        log.exception("%s pass failed", type(ctrl).__name__)
+            if not busy:
+                return
 
     # -- management --
 
@@ -326,8 +376,18 @@ class ApiServerVM(VM):
             **(self.service.stats() if self.service else {}),
             "nodes_marked_unknown": self.lifecycle.marked_unknown if self.lifecycle else 0,
             "pod_cidr_exhausted": self.ipam.exhausted if self.ipam else 0,
+            "pods_evicted": self.lifecycle.evicted if self.lifecycle else 0,
+            "pods_marked_not_ready": self.lifecycle.marked_not_ready if self.lifecycle else 0,
+            "service_allocation": self.allocator.stats() if self.allocator else None,
+            "controller_passes": self.controller_passes,
+            "controllers": {type(c).__name__: _ctrl_stats(c) for c in self.controllers},
         }
         return out
+
+
+def _ctrl_stats(ctrl: Any) -> dict[str, int]:
+    return {k: v for k in ("bound", "failed", "created", "deleted", "writes")
+            if isinstance(v := getattr(ctrl, k, None), int)}
 
 
 def _float(value: Any) -> float | None:
