@@ -71,9 +71,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 class Event:
     """One change: ``type`` ADDED | MODIFIED | DELETED, the object's JSON text at ``rv``."""
 
-    __slots__ = ("type", "rv", "resource", "namespace", "name", "body", "_line")
+    __slots__ = ("type", "rv", "resource", "namespace", "name", "body", "committed_at", "_line")
 
     def __init__(self, type: str, rv: int, resource: str, namespace: str, name: str, body: str) -> None:
+        # The commit's time on the machine's monotonic clock (perf_counter: CLOCK_MONOTONIC,
+        # shared by every process here), so a node can measure network programming latency
+        # (docs/contracts-pod-network.md); None for events replayed from the history table.
+        self.committed_at: float | None = None
         self.type = type
         self.rv = rv
         self.resource = resource
@@ -93,7 +97,8 @@ class Event:
         """The watch stream's line ``{"type": ..., "object": ...}``: built once, without
         re-encoding the object, and shared by every watcher."""
         if self._line is None:
-            self._line = b'{"type":"%s","object":%s}\n' % (self.type.encode(), self.body.encode())
+            extra = b"" if self.committed_at is None else b',"committedAt":%r' % self.committed_at
+            self._line = b'{"type":"%s","object":%s%s}\n' % (self.type.encode(), self.body.encode(), extra)
         return self._line
 
 
@@ -241,6 +246,7 @@ class Store:
         self.path = path
         self.history_size = history
         self.clock = clock
+        self.commit_clock: Callable[[], float] = time.perf_counter  # stamps watch events (committedAt)
         self.validator = validator
         self.admission: dict[str, list[Admit]] = {}  # resource plural -> hooks, in order
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -353,6 +359,9 @@ class Store:
         self._in_txn = False
         self.committed_rv = self.rv
         pending, self._pending = self._pending, []
+        committed_at = self.commit_clock()
+        for ev in pending:
+            ev.committed_at = committed_at
         self.stats.commits += 1
         self.stats.max_batch = max(self.stats.max_batch, len(pending))
         self._publish(pending)

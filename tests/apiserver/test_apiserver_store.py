@@ -256,3 +256,21 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
     assert all(f"c{i}" in names for i in range(acked + 1)), acked
     assert s.rv >= acked + 1
     s.close()
+
+
+def test_watch_events_carry_their_commit_time(store: Store) -> None:
+    """committedAt (the commit on the shared monotonic clock) lets a node measure network
+    programming latency; a Kubernetes client ignores the extra key."""
+    import json
+
+    stamps = iter([100.0, 200.0])
+    store.commit_clock = lambda: next(stamps)
+    live: list[Event] = []
+    store.watch("nodes", None, 0, live.append)
+    store.create("nodes", node("a"))
+    with store.batch():  # one commit: one time for all its events
+        store.create("nodes", node("b"))
+        store.create("nodes", node("c"))
+    lines = [json.loads(e.line()) for e in live]
+    assert [(d["type"], d["object"]["metadata"]["name"], d["committedAt"]) for d in lines] == [
+        ("ADDED", "a", 100.0), ("ADDED", "b", 200.0), ("ADDED", "c", 200.0)]
