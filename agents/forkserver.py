@@ -8,7 +8,7 @@ write to every object's header and un-share its page), and forks: a child starts
 milliseconds and shares the unchanged pages copy-on-write with the server and its siblings —
 PSS divides a shared page among the processes that map it.
 
-Opt-in: the host agent uses it for VMs when ``HCINET_FORKSERVER=1`` (and no
+On by default: the host agent uses it for VMs unless ``HCINET_FORKSERVER=0`` (or a
 ``HCINET_VM_COMMAND`` override is set); it starts the server next to itself and keeps
 everything else as it was — the run directory's files, ready lines, logs, pid files, events.
 
@@ -65,9 +65,10 @@ class ForkServerError(OSError):
 
 
 def enabled(env: dict[str, str] | None = None) -> bool:
-    """Is the fork server asked for (``HCINET_FORKSERVER=1``) and not overridden?"""
+    """Is the fork server on (the default; ``HCINET_FORKSERVER=0`` turns it off) and not
+    overridden by a ``HCINET_VM_COMMAND``?"""
     env = dict(os.environ) if env is None else env
-    return env.get(ENV_FLAG, "") not in ("", "0") and not env.get("HCINET_VM_COMMAND")
+    return env.get(ENV_FLAG, "1") != "0" and not env.get("HCINET_VM_COMMAND")
 
 
 # --- the host agent's side -------------------------------------------------------------------

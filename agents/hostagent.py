@@ -264,7 +264,7 @@ class HostAgent:
         self._restart_delay: dict[str, float] = {}  # VM name -> delay_s of its restart policy
         self.exit_requested = trio.Event()
         self._broker_client: triozmq.TrioMgmtClient | None = None
-        # HCINET_FORKSERVER=1: VMs are forked from a server that pre-imported the VM runtime
+        # VMs are forked from a server that pre-imported the VM runtime (HCINET_FORKSERVER=0: off)
         # (agents/forkserver.py); `_forkserver_up` is set once it is ready (or failed to start).
         self.forkserver: Any = None
         self._forkserver_up: trio.Event | None = None

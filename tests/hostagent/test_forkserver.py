@@ -46,10 +46,10 @@ def test_a_server_that_dies_before_reporting_means_the_vm_died_with_it() -> None
     assert proc.poll() == -signal.SIGKILL
 
 
-def test_enabled_needs_the_flag_and_no_vm_command_override() -> None:
+def test_enabled_by_default_unless_turned_off_or_overridden() -> None:
     assert forkserver.enabled({"HCINET_FORKSERVER": "1"})
     assert not forkserver.enabled({"HCINET_FORKSERVER": "0"})
-    assert not forkserver.enabled({})
+    assert forkserver.enabled({})
     assert not forkserver.enabled({"HCINET_FORKSERVER": "1", "HCINET_VM_COMMAND": "x"})
 
 
