@@ -796,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("vm", help="the VM's name")
         if name == "stop":
             p.add_argument("--timeout", type=float, default=5.0, help="seconds before SIGKILL (default 5)")
-    p = _verb(vm, "exec", cmd_vm_exec, "run a tool inside a VM (ping, nc, transfer, udp-send)",
+    p = _verb(vm, "exec", cmd_vm_exec, "run a tool inside a VM (ping, nc, curl, nslookup, transfer, udp-send)",
               "Run a tool inside the VM's network stack and print its output; the exit code is the\n"
               "tool's. Options of hcinet go before the VM name; everything after it is the tool's.\n"
               "Example:\n\n  hcinet vm exec --timeout 60 vm-a -- ping -c 3 172.16.0.11")

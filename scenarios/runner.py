@@ -51,9 +51,17 @@ def vm_config(vm: schema.Vm, scenario: schema.Scenario) -> dict[str, Any]:
         nics.append({"name": nic.name, "network": net.name, "mac": nic.mac,
                      "addresses": [f"{nic.ip}/{net.prefix.prefixlen}"],
                      "gateway": str(net.gateway), "mtu": net.mtu})
-    return {"name": vm.name, "kind": vm.kind, "nics": nics, "routes": [],
-            "apps": [{"kind": a.kind, "port": a.port} for a in vm.apps],
-            "time_scale": scenario.time_scale}
+    config = {"name": vm.name, "kind": vm.kind, "nics": nics, "routes": [],
+              "apps": [{"kind": a.kind, "port": a.port} for a in vm.apps],
+              "time_scale": scenario.time_scale}
+    return {**config, **dns_config(scenario, [n.network for n in vm.nics])}
+
+
+def dns_config(scenario: schema.Scenario, networks: Iterable[str]) -> dict[str, Any]:
+    """``{"dns": {"nameservers": [...]}}`` from the networks' ``dnsServers`` (the VM's
+    resolv.conf, as MOC writes it for the VMs it creates), or nothing when they list none."""
+    servers = list(dict.fromkeys(str(d) for n in networks for d in scenario.network(n).dns_servers))
+    return {"dns": {"nameservers": servers[:3]}} if servers else {}
 
 
 # --- progress lines -------------------------------------------------------------------------
@@ -174,7 +182,7 @@ def moc_config(scenario: schema.Scenario, rd: RunDir, agent: AgentInfo, broker: 
                       "addresses": [f"{ip}/{net.prefix.prefixlen}"], "gateway": str(net.gateway), "mtu": net.mtu}],
             "routes": [], "apps": [], "time_scale": scenario.time_scale,
             "state_dir": str(rd.path / "moc"), "hostagent": agent.mgmt, "broker_mgmt": str(broker["mgmt"]),
-            "scenario": scenario.doc()}
+            "scenario": scenario.doc(), **dns_config(scenario, [net.name])}
 
 
 def moc_restart(scenario: schema.Scenario) -> dict[str, Any]:
@@ -184,7 +192,7 @@ def moc_restart(scenario: schema.Scenario) -> dict[str, Any]:
 
 async def _bring_up_aks(ha: triozmq.TrioMgmtClient, rd: RunDir, agent: AgentInfo, broker: dict[str, Any],
                         scenario: schema.Scenario, out: TextIO | None) -> dict[str, dict[str, Any]]:
-    """MOC VM, then MOC creates networks, clusters and clients; wait until every node is Ready."""
+    """MOC VM, then MOC creates networks, DNS VMs, clusters and clients; wait until every node is Ready."""
     assert scenario.management is not None
     t0 = time.monotonic()
     try:
@@ -203,6 +211,8 @@ async def _bring_up_aks(ha: triozmq.TrioMgmtClient, rd: RunDir, agent: AgentInfo
             for net in scenario.networks:
                 if net.model is not None or net.external:  # plain fabric networks are not MOC's
                     await _call(moc, "network_create", net.doc(), f"network {net.name}", MOC_CALL_TIMEOUT)
+            for dns in scenario.dns:  # first: the nodes' and CoreDNS's upstream
+                await _call(moc, "client_create", dns.moc_args(), f"dns {dns.name}", MOC_CALL_TIMEOUT)
             for cluster in scenario.clusters:
                 await _call(moc, "cluster_create", cluster.doc(), f"cluster {cluster.name}", MOC_CALL_TIMEOUT)
             for client in scenario.clients:
@@ -228,7 +238,7 @@ class Plan:
 
     @classmethod
     def of(cls, scenario: schema.Scenario) -> Plan:
-        return cls.of_clusters(scenario.clusters, [c.name for c in scenario.clients])
+        return cls.of_clusters(scenario.clusters, [d.name for d in scenario.dns] + [c.name for c in scenario.clients])
 
     @classmethod
     def of_clusters(cls, clusters: Iterable[schema.Cluster], others: Iterable[str] = ()) -> Plan:

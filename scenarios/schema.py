@@ -42,6 +42,11 @@ documented in docs/scenario.md; ``scenarios/default.yaml`` is the demo):
          nodePools: [{name: cluster1-linux, osType: linux, nodeCount: 2}]}
     clients:                     # plain VMs created through MOC
       - {name: client-dc, network: aks-net, ip: 172.16.0.10, apps: [{kind: http, port: 8080}]}
+    dns:                         # datacenter DNS servers (VM kind dns, through MOC), each at one of
+      - name: dc-dns             # its network's dnsServers; every VM there resolves through them
+        network: aks-net
+        ip: 172.16.0.2
+        records: [{name: db.corp.example, type: A, value: 172.16.0.10}]
 
 Pool, cluster and sizing rules (inside the prefix, the gateway outside every pool, no overlap,
 the VIP pool outside the DHCP scope; a cluster that does not fit its pools) are MOC's own
@@ -61,6 +66,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from agents.dns.datacenter import StaticZone, StaticZoneError
 from agents.moc import pools
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -290,6 +296,42 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DnsRecord:
+    """One zone record of a datacenter DNS VM (``type`` A, AAAA, CNAME, PTR, TXT, MX, SRV, NS)."""
+
+    name: str
+    type: str
+    value: str
+
+    def doc(self) -> dict[str, str]:
+        return {"name": self.name, "type": self.type, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsVm:
+    """A datacenter DNS server (VM kind ``dns``, created through MOC like a client VM): it
+    sits at one of its network's ``dnsServers`` addresses and answers from its records."""
+
+    name: str
+    network: str
+    ip: IPAddress
+    records: tuple[DnsRecord, ...] = ()
+    zones: tuple[str, ...] | None = None  # None: each record name's last two labels
+
+    def doc(self) -> dict[str, Any]:
+        """The scenario keys."""
+        out: dict[str, Any] = {"name": self.name, "network": self.network, "ip": str(self.ip),
+                               "records": [r.doc() for r in self.records]}
+        if self.zones is not None:
+            out["zones"] = list(self.zones)
+        return out
+
+    def moc_args(self) -> dict[str, Any]:
+        """MOC's ``client_create`` arguments: a client VM of kind ``dns``."""
+        return {**self.doc(), "kind": "dns"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
     name: str
     time_scale: float = 1.0
@@ -299,12 +341,13 @@ class Scenario:
     management: Management | None = None
     clusters: tuple[Cluster, ...] = ()
     clients: tuple[Client, ...] = ()
+    dns: tuple[DnsVm, ...] = ()
     warnings: tuple[str, ...] = ()  # e.g. Flannel's retirement; printed to stderr
 
     @property
     def uses_moc(self) -> bool:
-        """Does bringing it up need the MOC cloud agent? (clusters or clients)"""
-        return bool(self.clusters or self.clients)
+        """Does bringing it up need the MOC cloud agent? (clusters, clients or DNS VMs)"""
+        return bool(self.clusters or self.clients or self.dns)
 
     def segment(self, name: str) -> str:
         """The broker network (wire) a network's NICs attach to: AKS network objects on one
@@ -337,6 +380,8 @@ class Scenario:
             out["clusters"] = [c.doc() for c in self.clusters]
         if self.clients:
             out["clients"] = [c.doc() for c in self.clients]
+        if self.dns:
+            out["dns"] = [d.doc() for d in self.dns]
         return out
 
     def network(self, name: str) -> Network:
@@ -405,15 +450,17 @@ def parse(doc: Any) -> Scenario:
     vms = _vms(top.get("vms") or [], networks, owners)
     clusters, warnings = _clusters(top.get("clusters") or [], networks, management, {v.name for v in vms})
     taken = {v.name for v in vms} | {n for c in clusters for n in c.vm_names()}
+    dns = _dns_vms(top.get("dns") or [], networks, owners, taken)
+    taken |= {d.name for d in dns}
     clients = _clients(top.get("clients") or [], networks, owners, taken)
-    if (clusters or clients) and management is None:
-        raise ScenarioError("management", "required with clusters or clients (where the MOC cloud agent runs: "
-                                          "{network, cloudAgentIp})")
+    if (clusters or clients or dns) and management is None:
+        raise ScenarioError("management", "required with clusters, clients or dns (where the MOC cloud agent "
+                                          "runs: {network, cloudAgentIp})")
     return Scenario(name=name, time_scale=time_scale, networks=networks, routes=routes, vms=vms,
-                    management=management, clusters=clusters, clients=clients, warnings=warnings)
+                    management=management, clusters=clusters, clients=clients, dns=dns, warnings=warnings)
 
 
-_TOP_KEYS = {"name", "time_scale", "networks", "routes", "vms", "management", "clusters", "clients"}
+_TOP_KEYS = {"name", "time_scale", "networks", "routes", "vms", "management", "clusters", "clients", "dns"}
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -666,10 +713,7 @@ def _clients(value: Any, networks: tuple[Network, ...], owners: dict[IPAddress, 
             raise ScenarioError(f"{path}.name", f"{name} is reserved")
         if name in taken or any(c.name == name for c in out):
             raise ScenarioError(f"{path}.name", f"duplicate VM name {name}")
-        net = by_name[_known(m["network"], f"{path}.network", set(by_name))]
-        if net.model is None and not net.external:
-            raise ScenarioError(f"{path}.network", f"network {net.name} is neither an AKS network (pools) nor "
-                                                   "external: MOC, which creates client VMs, does not manage it")
+        net = _moc_network(m["network"], f"{path}.network", by_name)
         dhcp = _bool(m.get("dhcp", False), f"{path}.dhcp")
         ip: IPAddress | None = None
         if dhcp:
@@ -685,6 +729,55 @@ def _clients(value: Any, networks: tuple[Network, ...], owners: dict[IPAddress, 
         apps = _apps(m.get("apps") or [], f"{path}.apps")
         out.append(Client(name=name, network=net.name, ip=ip, apps=apps))
     return tuple(out)
+
+
+def _moc_network(value: Any, path: str, by_name: dict[str, Network]) -> Network:
+    net = by_name[_known(value, path, set(by_name))]
+    if net.model is None and not net.external:
+        raise ScenarioError(path, f"network {net.name} is neither an AKS network (pools) nor "
+                                  "external: MOC, which creates client VMs, does not manage it")
+    return net
+
+
+def _dns_vms(value: Any, networks: tuple[Network, ...], owners: dict[IPAddress, str],
+             taken: set[str]) -> tuple[DnsVm, ...]:
+    """``dns``: the datacenter's DNS servers.  Each sits at an address its network lists in
+    ``dnsServers`` (that is how VMs find it); its records are checked as the VM will load them."""
+    by_name = {n.name: n for n in networks}
+    out: list[DnsVm] = []
+    for i, item in enumerate(_list(value, "dns")):
+        path = f"dns[{i}]"
+        m = _mapping(item, path, {"name", "network", "ip", "records", "zones"}, {"name", "network", "ip"})
+        name = _label(m["name"], f"{path}.name")
+        if name in RESERVED_VM_NAMES:
+            raise ScenarioError(f"{path}.name", f"{name} is reserved")
+        if name in taken or any(d.name == name for d in out):
+            raise ScenarioError(f"{path}.name", f"duplicate VM name {name}")
+        net = _moc_network(m["network"], f"{path}.network", by_name)
+        ip = _vm_ip(m["ip"], f"{path}.ip", net, owners)
+        if ip not in net.dns_servers:
+            listed = ", ".join(str(d) for d in net.dns_servers) or "none"
+            raise ScenarioError(f"{path}.ip", f"{ip} is not one of network {net.name}'s dnsServers ({listed}): "
+                                              "no VM would ask it")
+        owners[ip] = name
+        records, zones = _dns_records(m, path)
+        out.append(DnsVm(name=name, network=net.name, ip=ip, records=records, zones=zones))
+    return tuple(out)
+
+
+def _dns_records(m: Mapping[str, Any], path: str) -> tuple[tuple[DnsRecord, ...], tuple[str, ...] | None]:
+    items = _list(m.get("records") or [], f"{path}.records")
+    zones = None
+    if m.get("zones") is not None:
+        zones = tuple(_string(z, f"{path}.zones[{j}]") for j, z in enumerate(_list(m["zones"], f"{path}.zones")))
+    try:  # the DNS VM's own loader: a record it would refuse is refused here, by the same words
+        StaticZone(items, zones=zones, where=f"{path}.records")
+    except StaticZoneError as exc:
+        where, _, message = str(exc).partition(": ")
+        raise ScenarioError(where, message) from None
+    records = tuple(DnsRecord(name=str(r["name"]), type=str(r.get("type", "A")).upper(), value=str(r["value"]))
+                    for r in items)
+    return records, zones
 
 
 def _apps(value: Any, path: str) -> tuple[App, ...]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agents import mgmt
+from agents.dns.datacenter import StaticZone, StaticZoneError
 from agents.mgmt import MgmtError, RemoteError
 from agents.timers import Timers
 
@@ -264,6 +265,8 @@ class CloudAgent:
         config = {"name": name, "kind": kind, "nics": [nic], "routes": [], "apps": [],
                   "time_scale": self.timers.time_scale, "run_dir": self.run_dir, "broker": self.broker,
                   **extra}
+        if spec.dns_servers:  # the VM's resolv.conf: its network's dnsServers (a DHCP lease says the same)
+            config["dns"] = {"nameservers": list(spec.dns_servers)}
         return VmRecord(name=name, kind=role, cluster=extra.get("cluster"), pool=extra.get("pool"),
                         network=spec.name, ips=[str(ip)] if ip is not None else [], mac=mac,
                         desired="running", config=config)
@@ -676,7 +679,8 @@ class CloudAgent:
     # --- client VMs -----------------------------------------------------------------------
 
     async def client_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        """A client VM on a MOC network (fixed ``ip`` outside the pools, or ``dhcp: true``)."""
+        """A client VM on a MOC network (fixed ``ip`` outside the pools, or ``dhcp: true``);
+        ``kind: dns`` with ``records`` (and ``zones``) is a datacenter DNS server."""
         name = mgmt.require(args, "name", str)
         if name in self.vms:
             raise MgmtError(f"name: VM {name} already exists")
@@ -692,7 +696,8 @@ class CloudAgent:
         kind = args.get("kind", self.kinds.get("client", "plain"))
         if not isinstance(kind, str):
             raise MgmtError(f"kind: expected a VM kind, got {kind!r}")
-        vm = self._vm_config(name=name, role="client", net=net, ip=ip, extra={"apps": apps})
+        extra = {"apps": apps, **_dns_keys(args, kind, ip)}
+        vm = self._vm_config(name=name, role="client", net=net, ip=ip, extra=extra)
         vm = replace(vm, config={**vm.config, "kind": kind})
         self._put_vm(vm)
         failures = await self._start_all([vm])
@@ -938,12 +943,25 @@ class CloudAgent:
         for row in vms:
             if row["desired"] == "running" and row["state"] != "running":
                 warnings.append(f"{row['name']}: {row['state']} (desired running)")
+        warnings += self._dns_warnings()
         warnings += [f"{name}: HA gave up: {why}" for name, why in self.ha_failures.items()]
         return {"networks": self.ipam.usage(), "clusters": [self._cluster_row(c) for c in self.clusters.values()],
                 "vms": vms, "loadbalancers": self._lb_rows(), "warnings": warnings,
                 "ha": {"restart_delay_s": self.timers.ha_restart_delay, "restarts": self.ha_restarts,
                        "pending": sorted(n for n, t in self._restarts.items() if not t.done()),
                        "event_cursor": self.events_seen}}
+
+    def _dns_warnings(self) -> list[str]:
+        """A network's ``dnsServers`` that no DNS VM of this deployment holds: allowed (an
+        external server), but nothing here answers there, so names will not resolve."""
+        held = {ip for vm in self.vms.values() if vm.config.get("kind") == "dns" for ip in vm.ips}
+        out = []
+        for net in self.ipam.networks.values():
+            for server in net.spec.dns_servers:
+                if server not in held:
+                    out.append(f"network {net.spec.name}: dnsServers {server} is no DNS VM of this deployment "
+                               "(taken to be an external DNS server; names resolve only if it answers)")
+        return out
 
     def _lb_rows(self) -> list[dict[str, Any]]:
         return [{"name": lb.name, "cluster": lb.cluster, "network": lb.network, "sku": lb.sku,
@@ -982,6 +1000,24 @@ class CloudAgent:
                 raise MgmtError(f"timeout_s: not ready within {timeout:g} s, waiting for {', '.join(waiting[:5])}"
                                 + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""))
             await asyncio.sleep(0.05)
+
+
+def _dns_keys(args: Mapping[str, Any], kind: str, ip: P.IPAddress | None) -> dict[str, Any]:
+    """The config keys of a DNS VM (``records``, ``zones``), checked as the VM will load them."""
+    # lists arrive as tuples from the management plane; the VM's config is JSON
+    given = {k: [dict(v) if isinstance(v, Mapping) else v for v in args[k]]
+             if isinstance(args[k], list | tuple) else args[k] for k in ("records", "zones") if k in args}
+    if kind != "dns":
+        if given:
+            raise MgmtError(f"{next(iter(given))}: only a VM of kind dns serves records")
+        return {}
+    if ip is None:
+        raise MgmtError("dhcp: a DNS server needs a fixed ip (the address its network's dnsServers names)")
+    try:
+        StaticZone.from_config(given)
+    except StaticZoneError as exc:
+        raise MgmtError(str(exc)) from None
+    return {"records": given.get("records", []), **({"zones": given["zones"]} if "zones" in given else {})}
 
 
 def leased_ips(stats: Any, nic: str = "eth0") -> list[str]:

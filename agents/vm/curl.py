@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from .http import HttpConnection, ProtocolError, ResponseHead, parse_url
-from .tools import ToolContext, ToolExit, ToolParser, _resolve, _strerror, register_tool
+from .tools import ToolContext, ToolExit, ToolParser, _strerror, register_tool, resolve_host
 
 USER_AGENT = "curl/7.81.0"
 UNKNOWN = -1
@@ -197,11 +197,11 @@ async def _run(ctx: ToolContext, ns: argparse.Namespace, t: Transfer, method: st
         raise CurlFailure(3, "URL using bad/illegal format or missing URL") from None
     if scheme != "http":
         raise CurlFailure(1, f'Protocol "{scheme}" not supported')
-    ip = _resolve(host)
-    resolver = getattr(ctx.net, "resolve", None)  # later steps give VMs a DNS resolver
-    if ip is None and resolver is not None:
-        ip = await resolver(host)
+    # getaddrinfo with the VM's or pod's resolv.conf; an address literal asks no DNS
+    ip = (await resolve_host(ctx.net, host)).ip
     if ip is None:
+        if ns.verbose:
+            ctx.err.write(f"* Could not resolve host: {host}\n")
         raise CurlFailure(6, f"Could not resolve host: {host}")
     conn = await _connect(ctx, ns, t, host, ip, port)
     try:

@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 
 from agents import mgmt
+from agents.dns.resolver import ResolvConf, ResolvConfError
 from agents.mgmt import MgmtError
 from broker import wire
 from broker.packets import PacketError, canonical_ip
@@ -196,6 +197,11 @@ class VMConfig:
             if r.dev is not None and r.dev not in names:
                 raise ConfigError(f"routes[{i}].dev: no NIC named {r.dev!r}")
         apps = tuple(AppConfig.parse(a, f"apps[{i}]") for i, a in enumerate(obj.get("apps", [])))
+        if "dns" in obj:  # the resolv.conf of the VM's tools: refused at boot, not at first use
+            try:
+                ResolvConf.from_config(obj["dns"])
+            except ResolvConfError as exc:
+                raise ConfigError(str(exc)) from None
         return cls(
             name=_need(obj, "name", str, ""),
             kind=obj.get("kind", "plain"),

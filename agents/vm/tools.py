@@ -4,7 +4,10 @@ Each tool behaves like the real one as far as a script or a person reading its o
 tell: the same flags, the same lines (iputils ``ping``, OpenBSD ``nc``) and the same exit
 codes.  Tools are coroutines ``tool(ctx, args) -> rc`` registered by name in :data:`TOOLS`;
 they reach the network only through the VM's asyncio-style API (:class:`~.streams.NetAPI`),
-so later steps add more (``curl`` over h11) with :func:`register_tool`.
+so later steps add more (``curl`` over h11) with :func:`register_tool`.  A host name is
+resolved as getaddrinfo would (:func:`resolve_host`: an address literal as it is, a name over
+DNS with the VM's or pod's resolv.conf), and a failure is reported in the real tool's words
+(``ping: NAME: Name or service not known``).
 
 Differences from the real tools, all forced by running without a terminal:
 ``ping`` without ``-c`` sends 4 probes (Windows' default) instead of running until Ctrl-C;
@@ -19,6 +22,7 @@ import asyncio
 import errno
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import math
@@ -28,8 +32,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
+from agents.dns.resolver import DEFAULT_HOSTS
+from agents.dns.server import resolve as dns_resolve
 from broker.packets import PacketError, canonical_ip
 
 from .streams import NetAPI, PingError
@@ -124,12 +130,58 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return conv
 
 
+# getaddrinfo's address families: IPv4 (A) until the dual-stack step, when AF_UNSPEC asks AAAA too.
+RESOLVE_QTYPES = ("A",)
+
+
 def _resolve(host: str) -> str | None:
-    """Step 1 has no DNS: a host is an address."""
+    """An address literal, canonical; None for a name (no DNS: see :func:`resolve_host`)."""
     try:
         return canonical_ip(host, "host")
     except PacketError:
         return None
+
+
+class Resolved(NamedTuple):
+    """What getaddrinfo gave a tool: the first address and the canonical name
+    (``AI_CANONNAME``), or no address and the ``gai_strerror`` text."""
+
+    ip: str | None
+    canonical: str = ""
+    error: str = ""
+
+
+async def resolve_host(net: NetAPI, host: str) -> Resolved:
+    """getaddrinfo as the tools call it.
+
+    An address literal is taken as it is, with no DNS query (getaddrinfo parses numeric
+    hosts first); a name goes through the stub resolver (hosts file, then DNS) with the
+    resolv.conf of ``net`` (:func:`agents.dns.resolver.resolv_conf_of`: a pod's ClusterFirst
+    file, the VM config's ``dns`` key, a DHCP lease's servers, else 127.0.0.1 as glibc).
+    A name that does not exist gives ``Name or service not known`` (EAI_NONAME), no server
+    answering ``Temporary failure in name resolution`` (EAI_AGAIN)."""
+    ip = _resolve(host)
+    if ip is not None:
+        return Resolved(ip, host)
+    result = await dns_resolve(net, host, RESOLVE_QTYPES)
+    if result.ok and result.addresses:
+        return Resolved(result.addresses[0], result.name or host)
+    return Resolved(None, error=result.gai_error)
+
+
+async def reverse_name(net: NetAPI, ip: str) -> str | None:
+    """getnameinfo(NI_NAMEREQD): the hosts file's name of ``ip``, else its PTR name over
+    DNS (nsswitch ``hosts: files dns``), or None."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    for name, addrs in DEFAULT_HOSTS.items():
+        if ip in addrs:
+            return name
+    qname = addr.reverse_pointer + "."
+    result = await dns_resolve(net, qname, ("PTR",))
+    return result.addresses[0].rstrip(".") if result.ok and result.addresses else None
 
 
 def _strerror(exc: BaseException) -> str:
@@ -181,12 +233,27 @@ def ping_time(ms: float) -> str:
 class _PingRun:
     """State of one ping run: counts and the RTTs for the summary."""
 
-    def __init__(self, ctx: ToolContext, host: str, ip: str, size: int) -> None:
+    def __init__(self, ctx: ToolContext, host: str, ip: str, size: int, numeric: bool = True) -> None:
         self.ctx, self.host, self.ip, self.size = ctx, host, ip, size
+        self.numeric = numeric
         self.transmitted = 0
         self.rtts: list[float] = []
         self.errors = 0
         self.fatal: OSError | None = None
+        self._last = ("", "")  # pr_addr's static buffer: the last address and its text
+        self._naming = asyncio.Lock()
+
+    async def pr_addr(self, ip: str) -> str:
+        """iputils' pr_addr: the bare address with -n or a numeric target; else ``NAME (IP)``,
+        NAME from getnameinfo (the PTR name, or the address again when there is none).  The
+        last answer is kept, as pr_addr's static buffer keeps it, so a run asks once."""
+        if self.numeric:
+            return ip
+        async with self._naming:  # replies print in turn, as ping's one loop prints them
+            if self._last[0] != ip:
+                name = await reverse_name(self.ctx.net, ip)
+                self._last = (ip, f"{name or ip} ({ip})")
+            return self._last[1]
 
     async def probe(self, pinger: Any, seq: int, timeout: float, ttl: int) -> None:
         try:
@@ -195,14 +262,15 @@ class _PingRun:
             return
         except PingError as exc:
             self.errors += 1
-            self.ctx.out.write(f"From {exc.src} icmp_seq={seq} {icmp_text(exc)}\n")
+            self.ctx.out.write(f"From {await self.pr_addr(exc.src)} icmp_seq={seq} {icmp_text(exc)}\n")
             return
         except OSError as exc:  # the local stack refused to send (no route, message too long)
             self.fatal = self.fatal or exc
             return
         rtt = reply.rtt * 1000
         self.rtts.append(rtt)
-        self.ctx.out.write(f"{reply.size} bytes from {reply.src}: icmp_seq={seq} ttl={reply.ttl} "
+        src = await self.pr_addr(reply.src)
+        self.ctx.out.write(f"{reply.size} bytes from {src}: icmp_seq={seq} ttl={reply.ttl} "
                            f"time={ping_time(rtt)} ms\n")
 
     def summary(self, elapsed_ms: int) -> None:
@@ -229,6 +297,7 @@ async def ping(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("-t", dest="ttl", type=int, default=64, help="IP time to live")
     p.add_argument("-A", dest="adaptive", action="store_true",
                    help="adaptive: at most one unanswered probe; the next goes when the reply is in")
+    p.add_argument("-n", dest="numeric", action="store_true", help="numeric output only (no reverse lookups)")
     p.add_argument("host")
     ns = p.parse(args)
     if not 1 <= ns.ttl <= 255:
@@ -237,15 +306,17 @@ async def ping(ctx: ToolContext, args: list[str]) -> int:
     if ns.interval < 0 or not 0 <= ns.size <= 65507:
         ctx.err.write("ping: invalid argument\n")
         return 2
-    ip = _resolve(ns.host)
+    # iputils: a numeric target implies -n; a name is shown as its canonical name (AI_CANONNAME)
+    numeric = ns.numeric or _resolve(ns.host) is not None
+    ip, hostname, error = await resolve_host(ctx.net, ns.host)
     if ip is None:
-        ctx.err.write(f"ping: {ns.host}: Name or service not known\n")
+        ctx.err.write(f"ping: {ns.host}: {error}\n")
         return 2
     if ":" in ip:
-        ctx.out.write(f"PING {ns.host}({ip}) {ns.size} data bytes\n")
+        ctx.out.write(f"PING {hostname}({ip}) {ns.size} data bytes\n")
     else:
-        ctx.out.write(f"PING {ns.host} ({ip}) {ns.size}({ns.size + 28}) bytes of data.\n")
-    run = _PingRun(ctx, ns.host, ip, ns.size)
+        ctx.out.write(f"PING {hostname} ({ip}) {ns.size}({ns.size + 28}) bytes of data.\n")
+    run = _PingRun(ctx, hostname, ip, ns.size, numeric)
     pinger = ctx.net.pinger()
     start = time.perf_counter()
     tasks = []
@@ -296,9 +367,9 @@ async def nc(ctx: ToolContext, args: list[str]) -> int:
     if not 0 < ns.port < 65536:
         ctx.err.write(f"nc: port number invalid: {ns.port}\n")
         return 1
-    ip = _resolve(ns.host)
+    ip, _, error = await resolve_host(ctx.net, ns.host)
     if ip is None:
-        ctx.err.write(f"nc: getaddrinfo for host \"{ns.host}\" port {ns.port}: Name or service not known\n")
+        ctx.err.write(f"nc: getaddrinfo for host \"{ns.host}\" port {ns.port}: {error}\n")
         return 1
     runner = _nc_udp if ns.udp else _nc_tcp
     return await runner(ctx, ns, ip)
@@ -419,9 +490,12 @@ async def transfer(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("host")
     p.add_argument("port", type=int)
     ns = p.parse(args)
-    ip = _resolve(ns.host)
-    if ip is None or ns.nbytes < 0:
-        ctx.err.write(f"transfer: {'--bytes must be >= 0' if ip else ns.host + ': Name or service not known'}\n")
+    if ns.nbytes < 0:
+        ctx.err.write("transfer: --bytes must be >= 0\n")
+        return 2
+    ip, _, error = await resolve_host(ctx.net, ns.host)
+    if ip is None:
+        ctx.err.write(f"transfer: {ns.host}: {error}\n")
         return 2
     try:
         result = await asyncio.wait_for(_send_stream(ctx.net, ip, ns.port, ns.nbytes, ns.chunk), ns.timeout)
@@ -472,9 +546,12 @@ async def udp_send(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("host")
     p.add_argument("port", type=int)
     ns = p.parse(args)
-    ip = _resolve(ns.host)
-    if ip is None or not 0 <= ns.size <= 65507:
-        ctx.err.write(f"udp-send: {'bad --size' if ip else ns.host + ': Name or service not known'}\n")
+    if not 0 <= ns.size <= 65507:
+        ctx.err.write("udp-send: bad --size\n")
+        return 2
+    ip, _, error = await resolve_host(ctx.net, ns.host)
+    if ip is None:
+        ctx.err.write(f"udp-send: {ns.host}: {error}\n")
         return 2
     transport, proto = await ctx.net.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(ip, ns.port))
     payload = os.urandom(ns.size)

@@ -110,7 +110,7 @@ BAD = [
     ("networks", {"dc": {}}, "networks: expected a list, got a mapping"),
     ("time_scale", 0, "time_scale: expected a number > 0, got 0"),
     ("time_scale", True, "time_scale: expected a number > 0, got True"),
-    ("impairments", [], "impairments: unknown key (known: clients, clusters, management, name, networks, "
+    ("impairments", [], "impairments: unknown key (known: clients, clusters, dns, management, name, networks, "
      "routes, time_scale, vms)"),
     ("steps", [], "steps: not supported until a later step"),
     ("manifests", [], "manifests: not supported until a later step"),
