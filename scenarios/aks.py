@@ -12,7 +12,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -152,6 +152,20 @@ async def apiserver_endpoint(ns: argparse.Namespace, cluster: str) -> str:
     return await runner.endpoint_of(agent, runner.apiserver_vm(cluster))
 
 
+async def cluster_api(ns: argparse.Namespace) -> Callable[[str, str, Mapping[str, str] | None, Any],
+                                                           Awaitable[tuple[int, Any]]]:
+    """``api(method, path, query, body) -> (status, body)`` on the chosen cluster's API server
+    (``--cluster``, or the only one), over its management verb ``api``."""
+    cluster = await pick_cluster(ns)
+    endpoint = await apiserver_endpoint(ns, cluster)
+
+    async def call(method: str, path: str, query: Mapping[str, str] | None, body: Any) -> tuple[int, Any]:
+        status, doc = await runner.api(endpoint, method, path, body=body, query=dict(query) if query else None)
+        return status, plain(doc)
+
+    return call
+
+
 class ApiError(cli.CliError):
     """A Kubernetes ``Status`` failure, worded as kubectl prints it."""
 
@@ -233,84 +247,11 @@ def _address(node: dict[str, Any], kind: str) -> str:
     return "<none>"
 
 
-def node_rows(nodes: list[dict[str, Any]], wide: bool) -> tuple[list[str], list[list[Any]]]:
-    headers = ["name", "status", "roles", "age", "version"]
-    if wide:
-        headers += ["internal-ip", "external-ip", "os-image", "kernel-version", "container-runtime"]
-    rows = []
-    for n in nodes:
-        info = (n.get("status") or {}).get("nodeInfo") or {}
-        row = [n["metadata"]["name"], node_status(n), node_roles(n), age_of(n), info.get("kubeletVersion", "")]
-        if wide:
-            row += [_address(n, "InternalIP"), _address(n, "ExternalIP"), info.get("osImage", "<unknown>"),
-                    info.get("kernelVersion", "<unknown>"), info.get("containerRuntimeVersion", "<unknown>")]
-        rows.append(row)
-    return headers, rows
-
-
-def generic_rows(kind: Kind, objs: list[dict[str, Any]], all_ns: bool) -> tuple[list[str], list[list[Any]]]:
-    extra = _COLUMNS.get(kind.plural)
-    headers = (["namespace"] if all_ns else []) + ["name"] + (list(extra[0]) if extra else []) + ["age"]
-    rows = []
-    for o in objs:
-        meta = o.get("metadata") or {}
-        row = ([meta.get("namespace", "")] if all_ns else []) + [meta.get("name", "")]
-        if extra:
-            row += extra[1](o)
-        rows.append([*row, age_of(o)])
-    return headers, rows
-
-
-def _svc(o: dict[str, Any]) -> list[Any]:
-    spec, status = o.get("spec") or {}, o.get("status") or {}
-    ingress = ((status.get("loadBalancer") or {}).get("ingress")) or []
-    ext = ",".join(i.get("ip", "") for i in ingress) or ("<pending>" if spec.get("type") == "LoadBalancer" else "<none>")
-    ports = ",".join(f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
-                     for p in spec.get("ports") or [])
-    return [spec.get("type", "ClusterIP"), spec.get("clusterIP", "<none>"), ext, ports or "<none>"]
-
-
-def _pod(o: dict[str, Any]) -> list[Any]:
-    statuses = (o.get("status") or {}).get("containerStatuses") or []
-    containers = (o.get("spec") or {}).get("containers") or []
-    ready = sum(1 for c in statuses if c.get("ready"))
-    return [f"{ready}/{len(containers) or len(statuses)}", (o.get("status") or {}).get("phase", "Pending"),
-            sum(int(c.get("restartCount", 0)) for c in statuses)]
-
-
-_COLUMNS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "services": (("type", "cluster-ip", "external-ip", "port(s)"), _svc),
-    "pods": (("ready", "status", "restarts"), _pod),
-    "namespaces": (("status",), lambda o: [(o.get("status") or {}).get("phase", "Active")]),
-    "leases": (("holder",), lambda o: [(o.get("spec") or {}).get("holderIdentity", "")]),
-    "deployments": (("ready",), lambda o: [f"{(o.get('status') or {}).get('readyReplicas', 0)}/"
-                                           f"{(o.get('spec') or {}).get('replicas', 1)}"]),
-}
-
-
 async def cmd_get(ns: argparse.Namespace) -> int:
-    kind = kind_of(ns.kind)
-    cluster = await pick_cluster(ns)
-    namespace = None if ns.all_namespaces else (ns.namespace or "default")
-    if ns.name:
-        obj = await api_get(ns, cluster, kind.path(namespace, ns.name))
-        objs = [obj]
-    else:
-        objs = items_of(await api_get(ns, cluster, kind.path(namespace)))
-    if ns.output in ("json", "yaml"):
-        emit(objs[0] if ns.name else k8s_list(objs), ns.output)
-        return 0
-    if not objs:
-        where = "" if not kind.namespaced else (" in any namespace" if ns.all_namespaces
-                                                 else f" in {namespace} namespace")
-        sys.stderr.write(f"No resources found{where}.\n")
-        return 0
-    if kind.plural == "nodes":
-        headers, rows = node_rows(objs, ns.output == "wide")
-    else:
-        headers, rows = generic_rows(kind, objs, bool(ns.all_namespaces))
-    print(cli.table(headers, rows))
-    return 0
+    """kubectl get: the kinds, columns and printers are in :mod:`scenarios.manifests`."""
+    from scenarios import manifests
+
+    return await manifests.cmd_get(ns)
 
 
 # --- network ------------------------------------------------------------------------------------
@@ -582,17 +523,29 @@ def add_parsers(sub: Any) -> None:
     verb, group = cli._verb, cli._group
 
     p = verb(sub, "get", cmd_get, "list Kubernetes objects of a cluster (nodes, pods, services, ...)",
-             "Display objects from a cluster's API server, like kubectl get: a table (NAME STATUS ROLES\n"
-             "AGE VERSION for nodes; -o wide adds INTERNAL-IP EXTERNAL-IP OS-IMAGE KERNEL-VERSION\n"
-             "CONTAINER-RUNTIME), or -o json|yaml: a List with items (one object when NAME is given).\n"
-             f"Kinds: {', '.join(k.plural for k in KINDS)} (and kubectl's short names).\n\n"
-             "Examples:\n  hcinet get nodes -o wide\n  hcinet get leases -n kube-node-lease --cluster cluster1")
-    p.add_argument("kind", help="nodes, pods, services, leases, ... (plural, singular or short name)")
-    p.add_argument("name", nargs="?", help="one object by name")
+             "Display objects from a cluster's API server, like kubectl get: kubectl's columns per kind\n"
+             "(pods NAME READY STATUS RESTARTS AGE, services NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE,\n"
+             "...; -o wide adds more), -o name (kind/name lines), or -o json|yaml: a List with items (one\n"
+             "object when one NAME is given). Several kinds (pods,svc) print one block each with\n"
+             "kind/name rows. -A adds a NAMESPACE column.\n"
+             f"Kinds: {', '.join(k.plural for k in KINDS)}, all (and kubectl's short names).\n\n"
+             "Examples:\n  hcinet get nodes -o wide\n  hcinet get pods,svc,endpointslices -o wide -A\n"
+             "  hcinet get deploy web -n prod -o yaml\n  hcinet get pods -l app=web\n"
+             "  hcinet get leases -n kube-node-lease --cluster cluster1")
+    p.add_argument("kind", help="nodes, pods, svc, ... comma-separated (plural, singular or short name), "
+                                "or KIND/NAME")
+    p.add_argument("names", nargs="*", metavar="NAME", help="objects by name (or more KIND/NAME)")
     p.add_argument("-n", "--namespace", help="the namespace of namespaced kinds (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    p.add_argument("-l", "--selector", help="a label selector, e.g. app=web or 'tier in (web,api)'")
     _cluster_flag(p)
-    _output(p, wide=True)
+    p.add_argument("-o", "--output", choices=("table", "wide", "name", "json", "yaml"), default="table",
+                   help="table (default), wide, name (kind/name lines), json or yaml (only the document on "
+                        "stdout: a List with items for collections)")
+
+    from scenarios import manifests  # apply, delete, describe
+
+    manifests.add_parsers(sub)
 
     net = group(sub, "network", "AKS network objects (New/Get-AksHciClusterNetwork)",
                 "Network objects of MOC: a subnet with a node IP pool (static IP model) or a DHCP scope\n"

@@ -129,7 +129,7 @@ BAD = [
     ("management.cloudAgentIp", "172.16.0.30",
      "management.cloudAgentIp: 172.16.0.30 is inside the node IP pool of network aks (172.16.0.20-172.16.0.99)"),
     ("management.network", "internet", "management.network: internet is the external network, not a datacenter one"),
-    ("management", ..., "management: required with clusters or clients (where the MOC cloud agent runs: "
+    ("management", ..., "management: required with clusters, clients or dns (where the MOC cloud agent runs: "
                         "{network, cloudAgentIp})"),
     ("clients[0].ip", "172.16.0.160",
      "clients[0].ip: 172.16.0.160 is inside the VIP pool of network aks (172.16.0.150-172.16.0.199)"),
@@ -215,8 +215,15 @@ def one_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
                 "items": (node(f"{cluster}-linux-0", "True", "172.16.0.22"),
                           node(f"{cluster}-linux-1", "Unknown", "172.16.0.23"))}
 
+    async def cluster_api(ns: Any) -> Any:
+        cluster = await aks.pick_cluster(ns)
+
+        async def call(method: str, path: str, query: Any, body: Any) -> tuple[int, Any]:
+            return 200, await api_get(ns, cluster, path)
+        return call
+
     monkeypatch.setattr(aks, "cluster_names", cluster_names)
-    monkeypatch.setattr(aks, "api_get", api_get)
+    monkeypatch.setattr(aks, "cluster_api", cluster_api)
     return names
 
 
