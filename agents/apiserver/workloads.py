@@ -207,10 +207,56 @@ class _Owned:
         return self.by_owner.get(uid, set())
 
 
+class _OwnerTracking:
+    """What the ReplicaSet and Deployment controllers share: owners of one kind, the children
+    they control, which owners need a pass (``dirty``) and which deleted owners left children
+    behind (``orphaned``: uid -> namespace, for the garbage collection of those children)."""
+
+    owned: _Owned
+    uid_key: dict[str, Key]
+    dirty: set[Key]
+    orphaned: dict[str, str]
+
+    def _track(self, owner_kind: str, owners: Any, children: Any) -> None:
+        self.owned = _Owned(owner_kind)
+        self.uid_key = {}
+        self.dirty = set()
+        self.orphaned = {}
+        owners.handlers.append(self._on_owner)
+        children.handlers.append(self._on_child)
+        for obj in owners.all():
+            self._on_owner("ADDED", obj, None)
+        for obj in children.all():
+            self._on_child("ADDED", obj, None)
+
+    def _on_owner(self, etype: str, obj: Obj, prev: Obj | None) -> None:
+        key, uid = _key(obj), obj["metadata"].get("uid", "")
+        if etype == "DELETED":
+            self.dirty.discard(key)
+            self.uid_key.pop(uid, None)
+            if self.owned.keys(uid):
+                self.orphaned[uid] = key[0]
+            return
+        self.uid_key[uid] = key
+        if prev is None or _spec(obj) != _spec(prev) or obj["metadata"].get("generation") != \
+                prev["metadata"].get("generation"):
+            self.dirty.add(key)
+
+    def _on_child(self, etype: str, obj: Obj, prev: Obj | None) -> None:
+        old, new = self.owned.update(etype, obj)
+        for uid in {old, new} - {None}:
+            assert uid is not None
+            key = self.uid_key.get(uid)
+            if key is not None:
+                self.dirty.add(key)
+            elif etype != "DELETED":
+                self.orphaned.setdefault(uid, obj["metadata"].get("namespace", ""))
+
+
 # --- ReplicaSets ---------------------------------------------------------------------------
 
 
-class ReplicaSetController:
+class ReplicaSetController(_OwnerTracking):
     """See the module docstring."""
 
     def __init__(self, store: Store, informers: Informers, *, clock: Callable[[], float] = time.time,
@@ -222,42 +268,10 @@ class ReplicaSetController:
         self.pods = informers("pods")
         self.rs = informers("replicasets")
         self.events = EventRecorder(store, "replicaset-controller", clock=clock)
-        self.owned = _Owned("ReplicaSet")
-        self.uid_key: dict[str, Key] = {}
-        self.dirty: set[Key] = set()
-        self.orphaned: dict[str, str] = {}  # uid of a deleted RS -> its namespace (pods to collect)
         self.wakeups: dict[Key, float] = {}  # minReadySeconds: when to look again (wall clock)
         self.created = 0
         self.deleted = 0
-        self.rs.handlers.append(self._on_rs)
-        self.pods.handlers.append(self._on_pod)
-        for rs in self.rs.all():
-            self._on_rs("ADDED", rs, None)
-        for pod in self.pods.all():
-            self._on_pod("ADDED", pod, None)
-
-    def _on_rs(self, etype: str, rs: Obj, prev: Obj | None) -> None:
-        key, uid = _key(rs), rs["metadata"].get("uid", "")
-        if etype == "DELETED":
-            self.dirty.discard(key)
-            self.uid_key.pop(uid, None)
-            if self.owned.keys(uid):
-                self.orphaned[uid] = key[0]
-            return
-        self.uid_key[uid] = key
-        if prev is None or _spec(rs) != _spec(prev) or rs["metadata"].get("generation") != \
-                prev["metadata"].get("generation"):
-            self.dirty.add(key)
-
-    def _on_pod(self, etype: str, pod: Obj, prev: Obj | None) -> None:
-        old, new = self.owned.update(etype, pod)
-        for uid in {old, new} - {None}:
-            assert uid is not None
-            key = self.uid_key.get(uid)
-            if key is not None:
-                self.dirty.add(key)
-            elif etype != "DELETED":
-                self.orphaned.setdefault(uid, pod["metadata"].get("namespace", ""))
+        self._track("ReplicaSet", self.rs, self.pods)  # orphaned: pods of deleted ReplicaSets
 
     def pending(self, now_wall: float | None = None) -> bool:
         if self.dirty or self.orphaned:
@@ -418,7 +432,7 @@ def _neg(text: str) -> str:
 # --- Deployments ---------------------------------------------------------------------------
 
 
-class DeploymentController:
+class DeploymentController(_OwnerTracking):
     """See the module docstring."""
 
     def __init__(self, store: Store, informers: Informers, *, clock: Callable[[], float] = time.time,
@@ -429,39 +443,7 @@ class DeploymentController:
         self.deploys = informers("deployments")
         self.rs = informers("replicasets")
         self.events = EventRecorder(store, "deployment-controller", clock=clock)
-        self.owned = _Owned("Deployment")
-        self.uid_key: dict[str, Key] = {}
-        self.dirty: set[Key] = set()
-        self.orphaned: dict[str, str] = {}
-        self.deploys.handlers.append(self._on_deploy)
-        self.rs.handlers.append(self._on_rs)
-        for d in self.deploys.all():
-            self._on_deploy("ADDED", d, None)
-        for rs in self.rs.all():
-            self._on_rs("ADDED", rs, None)
-
-    def _on_deploy(self, etype: str, d: Obj, prev: Obj | None) -> None:
-        key, uid = _key(d), d["metadata"].get("uid", "")
-        if etype == "DELETED":
-            self.dirty.discard(key)
-            self.uid_key.pop(uid, None)
-            if self.owned.keys(uid):
-                self.orphaned[uid] = key[0]
-            return
-        self.uid_key[uid] = key
-        if prev is None or _spec(d) != _spec(prev) or d["metadata"].get("generation") != \
-                prev["metadata"].get("generation"):
-            self.dirty.add(key)
-
-    def _on_rs(self, etype: str, rs: Obj, prev: Obj | None) -> None:
-        old, new = self.owned.update(etype, rs)
-        for uid in {old, new} - {None}:
-            assert uid is not None
-            key = self.uid_key.get(uid)
-            if key is not None:
-                self.dirty.add(key)
-            elif etype != "DELETED":
-                self.orphaned.setdefault(uid, rs["metadata"].get("namespace", ""))
+        self._track("Deployment", self.deploys, self.rs)
 
     def pending(self) -> bool:
         return bool(self.dirty or self.orphaned)
