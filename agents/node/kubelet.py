@@ -25,10 +25,13 @@ The object builders are plain functions (no I/O) so tests check the bodies direc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +40,8 @@ from agents.kube.client import ApiError
 from agents.timers import Timers
 
 log = logging.getLogger("hcinet.kubelet")
+
+Obj = dict[str, Any]
 
 KUBELET_VERSION = "v1.26.6"
 CONTAINERD_VERSION = "containerd://1.6.26"
@@ -419,3 +424,276 @@ def _ready_since(node: dict[str, Any], now: float) -> float:
                 except ValueError:
                     return now
     return now
+
+
+# --- pods: the API side of the pod workers (agents/node/pods.py) ---------------------------
+
+EVENT_QUEUE_MAX = 10_000
+
+
+class SpamFilter:
+    """client-go's ``EventSourceObjectSpamFilter``: a token bucket per involved object (burst
+    25, one token back every 5 minutes, scaled); an event without a token is dropped."""
+
+    BURST = 25
+    REFILL_S = 300.0
+    MAX_KEYS = 4096  # the filter's LRU cache size
+
+    def __init__(self, timers: Timers, clock: Callable[[], float] = time.monotonic) -> None:
+        self.refill = timers.scaled(self.REFILL_S)
+        self.clock = clock
+        self._buckets: dict[Any, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def allow(self, key: Any) -> bool:
+        now = self.clock()
+        tokens, at = self._buckets.pop(key, (float(self.BURST), now))
+        tokens = min(float(self.BURST), tokens + (now - at) / self.refill)
+        ok = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+        if len(self._buckets) > self.MAX_KEYS:
+            self._buckets.pop(next(iter(self._buckets)))
+        return ok
+
+
+class KubePodApi:
+    """:class:`agents.node.pods.PodApi` over KubeClients: status writes (``PATCH
+    .../pods/NAME/status``, a merge patch, on a pool of clients so that a burst of pods is
+    written over several connections), the final delete, and Events posted in the
+    background with the recorder's dedup (the same object, reason and message again bumps
+    ``count`` and ``lastTimestamp`` of one Event, as client-go's EventCorrelator does, after
+    its spam filter: :class:`SpamFilter`)."""
+
+    def __init__(self, status_clients: list[Any], event_client: Any, node: str, *,
+                 wall: Callable[[], float] = time.time, time_scale: float = 1.0) -> None:
+        if not status_clients:
+            raise ValueError("status_clients: at least one client")
+        self.node = node
+        self.wall = wall
+        self.event_client = event_client
+        self._idle: asyncio.Queue[Any] = asyncio.Queue()
+        for client in status_clients:
+            self._idle.put_nowait(client)
+        self._events: asyncio.Queue[tuple[Obj, str, str, str, str, float]] = asyncio.Queue(EVENT_QUEUE_MAX)
+        self._seen: dict[tuple[str, str, str, str, str], tuple[str, int]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._n = 0
+        self._spam = SpamFilter(Timers(time_scale))
+        self.counts = {"events": 0, "events_dropped": 0, "event_failures": 0, "status_patches": 0,
+                       "events_spam_filtered": 0}
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._post_events())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+
+    async def patch_status(self, namespace: str, name: str, status: Obj) -> Obj | None:
+        from agents.kube.client import api_path
+
+        client = await self._idle.get()
+        try:
+            out: Obj = await client.patch(api_path("pods", namespace, name, "status"), {"status": status})
+        finally:
+            self._idle.put_nowait(client)
+        self.counts["status_patches"] += 1
+        return out
+
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """The kubelet's final delete of a terminated pod (``gracePeriodSeconds: 0``, with the
+        UID as a precondition so that a recreated namesake is left alone)."""
+        from agents.kube.client import api_path
+
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": uid}}
+        client = await self._idle.get()
+        try:
+            await client.request("DELETE", api_path("pods", namespace, name), body=body)
+        finally:
+            self._idle.put_nowait(client)
+
+    def event(self, pod: Obj, etype: str, reason: str, message: str, field_path: str = "") -> None:
+        meta = pod.get("metadata") or {}
+        if not self._spam.allow((str(meta.get("namespace")), str(meta.get("uid") or meta.get("name")))):
+            self.counts["events_spam_filtered"] += 1
+            return
+        try:
+            self._events.put_nowait((pod, etype, reason, message, field_path, self.wall()))
+        except asyncio.QueueFull:
+            self.counts["events_dropped"] += 1
+
+    async def _post_events(self) -> None:
+        while True:
+            pod, etype, reason, message, field_path, at = await self._events.get()
+            try:
+                await self._post(pod, etype, reason, message, field_path, at)
+                self.counts["events"] += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # best effort, as the kubelet's recorder
+                self.counts["event_failures"] += 1
+                log.debug("event %s: %s", reason, exc)
+
+    async def _post(self, pod: Obj, etype: str, reason: str, message: str, field_path: str, at: float) -> None:
+        from agents.kube.client import api_path
+
+        meta = pod.get("metadata") or {}
+        ns = str(meta.get("namespace") or "default")
+        key = (ns, str(meta.get("uid") or meta.get("name")), reason, message, field_path)
+        stamp = rfc3339(at)
+        seen = self._seen.get(key)
+        if seen is not None:
+            name, count = seen
+            try:
+                await self.event_client.patch(api_path("events", ns, name),
+                                              {"count": count + 1, "lastTimestamp": stamp})
+                self._seen[key] = (name, count + 1)
+                return
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        self._n += 1
+        name = f"{meta.get('name')}.{int(at * 1e9) + self._n:x}"
+        involved = {"kind": "Pod", "namespace": ns, "name": meta.get("name"), "uid": meta.get("uid"),
+                    "apiVersion": "v1", "resourceVersion": meta.get("resourceVersion")}
+        if field_path:
+            involved["fieldPath"] = field_path
+        await self.event_client.create(api_path("events", ns), {
+            "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": ns},
+            "involvedObject": involved, "reason": reason, "message": message, "type": etype, "count": 1,
+            "source": {"component": "kubelet", "host": self.node}, "firstTimestamp": stamp,
+            "lastTimestamp": stamp, "reportingComponent": "kubelet", "reportingInstance": self.node})
+        if len(self._seen) > EVENT_QUEUE_MAX:
+            self._seen.clear()
+        self._seen[key] = (name, 1)
+
+
+# --- Calico IPAM: the block allocator shared through the API server ------------------------
+
+CALICO_IPAM_NAMESPACE = "kube-system"
+CALICO_IPAM_CONFIGMAP = "calico-ipam-blocks"
+IPAM_RETRIES = 50
+
+
+class CalicoIpamSync:
+    """Calico's block IPAM is cluster-wide state (its IPAMBlock / BlockAffinity resources).
+    Here the blocks live in one ConfigMap, ``kube-system/calico-ipam-blocks`` (``data.blocks``:
+    :meth:`BlockAllocator.claimed_blocks` as JSON), written with optimistic concurrency: a
+    node that needs a block reads the ConfigMap, claims the lowest free block in it and
+    writes it back with the resourceVersion it read; a 409 Conflict (another node claimed
+    meanwhile) is retried from a fresh read, as Calico's compare-and-swap on a block is.
+
+    Each node allocates addresses only from its own (affine) blocks, so only block claims
+    need the API server; the allocations inside this node's blocks are this node's and are
+    written along with the next claim.  Other nodes' blocks come from the ConfigMap (its
+    watch: :meth:`apply`), and give the routes to them (``CalicoPlugin.remote_cidrs``)."""
+
+    def __init__(self, client: Any, node: str, *, windows: bool = False, allocator: Any = None) -> None:
+        from agents.cni import BlockAllocator
+
+        self.client = client
+        self.node = node
+        self.windows = windows
+        self.allocator = allocator if allocator is not None else BlockAllocator()
+        self.resource_version: str | None = None
+        self.lock = asyncio.Lock()
+        self.counts = {"claims": 0, "conflicts": 0, "reads": 0, "applied": 0}
+
+    @property
+    def path(self) -> str:
+        from agents.kube.client import api_path
+
+        return api_path("configmaps", CALICO_IPAM_NAMESPACE, CALICO_IPAM_CONFIGMAP)
+
+    def _mine(self, block: Mapping[str, Any]) -> bool:
+        return str(block.get("affinity", "")).removeprefix("host:") == self.node
+
+    def merge(self, blocks: list[dict[str, Any]]) -> None:
+        """The ConfigMap's blocks, with this node's own blocks as this node has them."""
+        local = [b for b in self.allocator.claimed_blocks() if self._mine(b)]
+        have = {b["cidr"] for b in local}
+        restored = [b for b in blocks if self._mine(b) and b.get("cidr") not in have]  # after a restart
+        others = [b for b in blocks if not self._mine(b) and b.get("cidr") not in have]
+        self.allocator.load(local + restored + others)
+
+    @staticmethod
+    def parse(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        text = ((obj or {}).get("data") or {}).get("blocks") or "[]"
+        try:
+            blocks = json.loads(text)
+        except ValueError:
+            log.warning("%s: data.blocks is not JSON; ignored", CALICO_IPAM_CONFIGMAP)
+            return []
+        return [b for b in blocks if isinstance(b, dict) and "cidr" in b] if isinstance(blocks, list) else []
+
+    def apply(self, obj: Mapping[str, Any] | None) -> None:
+        """A watch event of the ConfigMap (None: it was deleted)."""
+        self.merge(self.parse(obj))
+        self.counts["applied"] += 1
+
+    async def read(self) -> list[dict[str, Any]]:
+        self.counts["reads"] += 1
+        try:
+            obj = await self.client.get(self.path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            self.resource_version = None
+            return []
+        self.resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or "") or None
+        return self.parse(obj)
+
+    def free(self) -> int:
+        """Addresses left in this node's IPv4 blocks."""
+        return sum(len(self.allocator.block(c).unallocated) for c in self.allocator.blocks_of(self.node, 4))
+
+    async def ensure_capacity(self, need: int = 1) -> None:
+        """Make sure this node's blocks have ``need`` free addresses, claiming blocks
+        (through the API server) until they do."""
+        if self.free() >= need:
+            return
+        async with self.lock:
+            for _ in range(IPAM_RETRIES):
+                if self.free() >= need:
+                    return
+                self.merge(await self.read())
+                if self.free() >= need:
+                    return
+                before = self.allocator.claimed_blocks()
+                cidr = self.allocator.claim_block(self.node, 4, windows=self.windows)
+                if await self._write():
+                    self.counts["claims"] += 1
+                    log.info("calico ipam: node %s claimed block %s", self.node, cidr)
+                    continue
+                self.allocator.load(before)  # someone else wrote first: read again
+                self.counts["conflicts"] += 1
+                await asyncio.sleep(0.01 * (1 + random.random()))  # de-synchronise the racers
+            raise TimeoutError(f"calico ipam: could not claim a block after {IPAM_RETRIES} attempts")
+
+    async def _write(self) -> bool:
+        from agents.kube.client import api_path
+
+        body: Obj = {"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": CALICO_IPAM_CONFIGMAP, "namespace": CALICO_IPAM_NAMESPACE,
+                                  "labels": {"app.kubernetes.io/managed-by": "calico-ipam"}},
+                     "data": {"blocks": json.dumps(self.allocator.claimed_blocks(), separators=(",", ":"))}}
+        try:
+            if self.resource_version is None:
+                out = await self.client.create(api_path("configmaps", CALICO_IPAM_NAMESPACE), body)
+            else:
+                body["metadata"]["resourceVersion"] = self.resource_version
+                out = await self.client.update(self.path, body)
+        except ApiError as exc:
+            if exc.status in (409, 404):  # Conflict / AlreadyExists, or deleted meanwhile
+                return False
+            raise
+        self.resource_version = str((out.get("metadata") or {}).get("resourceVersion") or "") or None
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {"node": self.node, "blocks": self.allocator.blocks_of(self.node), "free": self.free(),
+                "affinities": self.allocator.affinities(), **self.counts}
