@@ -30,6 +30,7 @@ from agents.mgmt import MgmtError
 from agents.timers import Timers
 from agents.vm.runtime import VM, ConfigError, VMConfig, register_kind
 
+from .addons import ensure_addons
 from .controllers import Informers, NodeIpam, NodeLifecycle, ensure_kubernetes_service, install_admission
 from .endpointslices import EndpointSliceController
 from .rest import Result, Router, Watch
@@ -256,6 +257,7 @@ class ApiServerVM(VM):
         self.allocator.install(store)  # ClusterIP / NodePort allocation on Service writes
         install_admission(store)  # DefaultTolerationSeconds on Pod creates
         ensure_kubernetes_service(store, self.node_ip, API_PORT)
+        ensure_addons(router)  # CoreDNS: ConfigMap, Deployment, kube-dns Service (create if absent)
         self.ipam = NodeIpam(store)
         informers = self.informers = Informers(store)
         self.lifecycle = NodeLifecycle(store, self.timers, informers=informers)

@@ -5,7 +5,10 @@
 * :mod:`.datacenter` -- the datacenter DNS server's static zone (sans-IO);
 * :mod:`.server` -- DNS over UDP/TCP on a VM's or pod's sockets, wire format via dnspython:
   ``serve_dns``, ``query``, ``resolve`` (asyncio);
-* :mod:`.vm` -- VM kind ``dns``; :mod:`.nslookup` -- the ``nslookup`` tool.
+* :mod:`.vm` -- VM kind ``dns``; :mod:`.nslookup` -- the ``nslookup`` tool;
+* :mod:`.corefile` -- kubeadm's Corefile and the options read from one (sans-IO);
+* :mod:`.coredns` -- CoreDNS in its pod: informers through the API server, the zone, DNS on
+  port 53 (``coredns_dns_factory``, the coredns container's ``dns`` hook; asyncio).
 
 Only the sans-IO parts are re-exported here, so importing the package pulls in no asyncio code.
 """

@@ -870,7 +870,10 @@ class CoreDnsApp(ContainerApp):
     async def _ready(self, req: Request) -> Response:
         if req.path != "/ready":
             return _text("404 page not found\n", 404)
-        return _text("OK") if self.dns is not None else _text("kubernetes", 503)
+        # the ready plugin: 200 once every plugin is ready -- the kubernetes plugin when its
+        # caches synced (a server without ``ready`` is ready once it runs)
+        ready = self.dns is not None and getattr(self.dns, "ready", True)
+        return _text("OK") if ready else _text("kubernetes", 503)
 
     async def _metrics(self, req: Request) -> Response:
         if req.path != "/metrics":

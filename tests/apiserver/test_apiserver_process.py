@@ -132,7 +132,8 @@ def test_apiserver_vm_end_to_end(fabric: dict[str, Any], tmp_path: Path) -> None
                            query={"watch": "1", "resourceVersion": last_rv})
         assert [e["type"] for e in body["events"]] == ["MODIFIED", "DELETED", "ADDED"]
         stats = apiserver.call("stats")["apiserver"]
-        assert stats["store"]["objects"]["configmaps"] == 3 and stats["cluster"] == "cluster1"
+        # c0, c2, c3 and the CoreDNS addon's kube-system/coredns
+        assert stats["store"]["objects"]["configmaps"] == 4 and stats["cluster"] == "cluster1"
         assert apiserver.terminate() == 0
     finally:
         for p in procs:
