@@ -276,7 +276,8 @@ CLUSTER_FLAGS = {"name": "--name", "vnet": "--vnet", "primaryNetworkPlugin": "--
                  "controlPlaneNodeCount": "--control-plane-node-count", "loadBalancerSku": "--load-balancer-sku",
                  "nodeMaxPodCount": "--node-max-pod-count", "nodePools[0].name": "--node-pool-name",
                  "nodePools[0].osType": "--os-type", "nodePools[0].nodeCount": "--node-count",
-                 "osType": "--os-type", "nodeCount": "--node-count"}
+                 "osType": "--os-type", "nodeCount": "--node-count", "kubeProxyMode": "--kube-proxy-mode",
+                 "ipvsScheduler": "--ipvs-scheduler"}
 
 
 def flag_error(exc: Exception, flags: dict[str, str]) -> cli.CliError:
@@ -376,6 +377,7 @@ async def cmd_cluster_create(ns: argparse.Namespace) -> int:
     doc: dict[str, Any] = {"name": ns.name, "primaryNetworkPlugin": ns.primary_network_plugin,
                            "controlPlaneNodeCount": ns.control_plane_node_count,
                            "loadBalancerSku": ns.load_balancer_sku, "nodeMaxPodCount": ns.node_max_pod_count,
+                           "kubeProxyMode": ns.kube_proxy_mode, "ipvsScheduler": ns.ipvs_scheduler,
                            "nodePools": [{"name": ns.node_pool_name or f"{ns.name}-{ns.os_type.lower()}",
                                           "osType": ns.os_type, "nodeCount": ns.node_count}]}
     if ns.vnet:
@@ -410,14 +412,21 @@ def _pools_of(c: dict[str, Any]) -> list[dict[str, Any]]:
     return items_of(c.get("nodePools"))
 
 
+def _proxy_text(c: dict[str, Any]) -> str:
+    """``iptables``, or ``ipvs (rr)``: the scheduler matters only in ipvs mode."""
+    mode = str(c.get("kubeProxyMode") or "iptables")
+    return f"{mode} ({c.get('ipvsScheduler') or 'rr'})" if mode == "ipvs" else mode
+
+
 async def cmd_cluster_list(ns: argparse.Namespace) -> int:
     rows = await clusters(ns)
     if ns.output in ("json", "yaml"):
         emit(k8s_list(rows), ns.output)
         return 0
-    print(cli.table(["name", "vnet", "network-plugin", "control-plane", "load-balancer", "api-vip", "node-pools"],
-                    [[c.get("name"), c.get("vnet"), c.get("primaryNetworkPlugin"), c.get("controlPlaneNodeCount"),
-                      c.get("loadBalancerSku"), c.get("apiServerVip") or c.get("vip"),
+    print(cli.table(["name", "vnet", "network-plugin", "kube-proxy", "control-plane", "load-balancer", "api-vip",
+                     "node-pools"],
+                    [[c.get("name"), c.get("vnet"), c.get("primaryNetworkPlugin"), _proxy_text(c),
+                      c.get("controlPlaneNodeCount"), c.get("loadBalancerSku"), c.get("apiServerVip") or c.get("vip"),
                       ", ".join(f"{p.get('name')} ({p.get('osType')}, {p.get('nodeCount')})" for p in _pools_of(c))]
                      for c in rows]))
     return 0
@@ -593,6 +602,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--load-balancer-sku", default="HAProxy", choices=("HAProxy", "none"),
                    help="HAProxy (default: an LB VM fronts the API server) or none (kube-vip)")
     p.add_argument("--node-max-pod-count", type=_count, default=110, help="max pods per node (> 50; default 110)")
+    p.add_argument("--kube-proxy-mode", default="iptables", type=str.lower, choices=pools.PROXY_MODES,
+                   help="kube-proxy's mode on every node: iptables (default: a random endpoint per new "
+                        "connection) or ipvs (a scheduler, --ipvs-scheduler)")
+    p.add_argument("--ipvs-scheduler", default="rr", type=str.lower, choices=pools.IPVS_SCHEDULERS,
+                   help="the IPVS scheduler in ipvs mode: rr (round robin, default) or lc (least connection)")
     p.add_argument("--no-wait", action="store_true", help="return once MOC accepted it, without waiting")
     p = verb(cl, "delete", cmd_cluster_delete, "delete a workload cluster (Remove-AksHciCluster)",
              "Delete the cluster's VMs through MOC and give its addresses back to the pools.")

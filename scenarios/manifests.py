@@ -1400,3 +1400,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="objects by name or name prefix (default: all)")
     common(p, files=False)
     p.add_argument("-l", "--selector", help="a label selector (without NAME)")
+
+    from scenarios import podexec  # exec: the pod's node runs the tool
+
+    podexec.add_parser(sub)

@@ -39,6 +39,7 @@ documented in docs/scenario.md; ``scenarios/default.yaml`` is the demo):
     clusters:                    # New-AksHciCluster; only `name` is required
       - {name: cluster1, vnet: aks-net, primaryNetworkPlugin: calico, controlPlaneNodeCount: 1,
          loadBalancerSku: HAProxy, nodeMaxPodCount: 110,
+         kubeProxyMode: iptables, ipvsScheduler: rr,     # kube-proxy on its nodes (ipvs: rr | lc)
          nodePools: [{name: cluster1-linux, osType: linux, nodeCount: 2}]}
     clients:                     # plain VMs created through MOC
       - {name: client-dc, network: aks-net, ip: 172.16.0.10, apps: [{kind: http, port: 8080}]}
@@ -250,12 +251,15 @@ class Cluster:
     load_balancer_sku: str = "HAProxy"  # loadBalancerSku: HAProxy | none
     max_pods: int = 110  # nodeMaxPodCount
     node_pools: tuple[NodePool, ...] = ()
+    kube_proxy_mode: str = "iptables"  # kubeProxyMode: iptables | ipvs
+    ipvs_scheduler: str = "rr"  # ipvsScheduler: rr | lc (ipvs mode only)
 
     def doc(self) -> dict[str, Any]:
         """The scenario keys, which are also MOC's ``cluster_create`` arguments."""
         return {"name": self.name, "vnet": self.vnet, "primaryNetworkPlugin": self.network_plugin,
                 "controlPlaneNodeCount": self.control_plane_count, "loadBalancerSku": self.load_balancer_sku,
-                "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools]}
+                "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools],
+                "kubeProxyMode": self.kube_proxy_mode, "ipvsScheduler": self.ipvs_scheduler}
 
     def vm_names(self) -> list[str]:
         """Every VM MOC creates for it (docs/contracts-control-plane.md, "VM names")."""
@@ -641,7 +645,7 @@ def _management(value: Any, networks: tuple[Network, ...]) -> Management | None:
 
 
 _CLUSTER_KEYS = {"name", "vnet", "primaryNetworkPlugin", "controlPlaneNodeCount", "loadBalancerSku",
-                 "nodeMaxPodCount", "nodePools"}
+                 "nodeMaxPodCount", "nodePools", "kubeProxyMode", "ipvsScheduler"}
 
 
 def _clusters(value: Any, networks: tuple[Network, ...], management: Management | None,
@@ -691,7 +695,8 @@ def parse_cluster(item: Any, path: str, networks: Iterable[Network],
     node_pools = tuple(NodePool(name=p.name, os_type=p.os_type, node_count=p.count) for p in spec.node_pools)
     cluster = Cluster(name=spec.name, vnet=spec.vnet, network_plugin=spec.network_plugin,
                       control_plane_count=spec.control_plane_count, load_balancer_sku=spec.lb_sku,
-                      max_pods=spec.max_pods, node_pools=node_pools)
+                      max_pods=spec.max_pods, node_pools=node_pools, kube_proxy_mode=spec.kube_proxy_mode,
+                      ipvs_scheduler=spec.ipvs_scheduler)
     return cluster, list(warnings)
 
 

@@ -609,6 +609,12 @@ class Proxier:
         spec = obj.get("spec") or {}
         svc_type = spec.get("type") or "ClusterIP"
         old = self._services.get(key)
+        if old is not None:
+            # Before the build: it reuses the ServicePorts and overwrites their health_port
+            # (externalTrafficPolicy Local -> Cluster, or a new healthCheckNodePort).
+            for sp in old.ports.values():
+                if self._health.get(sp.health_port) is sp:
+                    del self._health[sp.health_port]
         svc = _Service(key)
         if svc_type != "ExternalName":
             self._build_service(svc, obj, spec, svc_type, old)
@@ -616,9 +622,6 @@ class Proxier:
             for fkey, fe in old.frontends.items():
                 if fkey not in svc.frontends and self._vips.get(fkey) is fe:
                     del self._vips[fkey]
-            for sp in old.ports.values():
-                if self._health.get(sp.health_port) is sp:
-                    del self._health[sp.health_port]
         self._services[key] = svc
         self._vips.update(svc.frontends)
         for sp in svc.ports.values():

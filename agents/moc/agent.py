@@ -277,7 +277,8 @@ class CloudAgent:
         return self._vm_config(name=name, role="node", net=net, ip=ip, extra={
             "cluster": cluster.spec.name, "pool": pool.name, "os": pool.os_type,
             "apiserver": f"{cluster.vip}:{P.APISERVER_PORT}", "max_pods": cluster.spec.max_pods,
-            "network_plugin": cluster.spec.network_plugin})
+            "network_plugin": cluster.spec.network_plugin, "kube_proxy_mode": cluster.spec.kube_proxy_mode,
+            "ipvs_scheduler": cluster.spec.ipvs_scheduler})
 
     def _check_names(self, names: list[str], field_name: str) -> None:
         for name in names:

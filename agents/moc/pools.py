@@ -323,10 +323,16 @@ def segment_of(spec: NetworkSpec, others: Iterable[tuple[NetworkSpec, str]]) -> 
 CLUSTER_KEYS = frozenset({
     "name", "vnet", "primaryNetworkPlugin", "controlPlaneNodeCount", "loadBalancerSku",
     "nodeMaxPodCount", "nodePools", "nodePoolName", "nodeCount", "osType", "kubernetesVersion",
+    "kubeProxyMode", "ipvsScheduler",
 })
 POOL_KEYS = frozenset({"name", "osType", "nodeCount"})
 OS_TYPES = ("linux", "windows")
 PLUGINS = ("calico", "flannel")
+# kube-proxy's mode and IPVS scheduler per cluster (KubeProxyConfiguration ``mode`` and
+# ``ipvs.scheduler``; kube-proxy's own defaults).  Not a New-AksHciCluster parameter: an
+# emulator setting, handed to every node VM of the cluster.
+PROXY_MODES = ("iptables", "ipvs")
+IPVS_SCHEDULERS = ("rr", "lc")
 SKUS = {"haproxy": "HAProxy", "none": "none"}
 
 
@@ -352,6 +358,8 @@ class ClusterSpec:
     max_pods: int
     node_pools: tuple[NodePoolSpec, ...]
     kubernetes_version: str | None = None
+    kube_proxy_mode: str = "iptables"
+    ipvs_scheduler: str = "rr"
 
     @property
     def has_lb_vm(self) -> bool:
@@ -372,13 +380,15 @@ class ClusterSpec:
         return ClusterSpec(name=self.name, vnet=self.vnet, network_plugin=self.network_plugin,
                            control_plane_count=self.control_plane_count, lb_sku=self.lb_sku,
                            max_pods=self.max_pods, node_pools=tuple(pools),
-                           kubernetes_version=self.kubernetes_version)
+                           kubernetes_version=self.kubernetes_version, kube_proxy_mode=self.kube_proxy_mode,
+                           ipvs_scheduler=self.ipvs_scheduler)
 
     def doc(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name, "vnet": self.vnet, "primaryNetworkPlugin": self.network_plugin,
             "controlPlaneNodeCount": self.control_plane_count, "loadBalancerSku": self.lb_sku,
-            "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools]}
+            "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools],
+            "kubeProxyMode": self.kube_proxy_mode, "ipvsScheduler": self.ipvs_scheduler}
         if self.kubernetes_version is not None:
             out["kubernetesVersion"] = self.kubernetes_version
         return out
@@ -438,11 +448,26 @@ def parse_cluster(obj: Any, networks: Collection[str]) -> tuple[ClusterSpec, lis
     version = obj.get("kubernetesVersion")
     if version is not None and not isinstance(version, str):
         raise PoolError(f"kubernetesVersion: expected a string, got {version!r}")
+    mode = _choice(obj, "kubeProxyMode", PROXY_MODES)
+    scheduler = _choice(obj, "ipvsScheduler", IPVS_SCHEDULERS)
     pools = _cluster_pools(obj, name)
     spec = ClusterSpec(name=name, vnet=vnet, network_plugin=plugin, control_plane_count=cp,
                        lb_sku=SKUS[sku.lower()], max_pods=max_pods, node_pools=pools,
-                       kubernetes_version=version)
-    return spec, [FLANNEL_WARNING] if plugin == "flannel" else []
+                       kubernetes_version=version, kube_proxy_mode=mode, ipvs_scheduler=scheduler)
+    warnings = [FLANNEL_WARNING] if plugin == "flannel" else []
+    if mode != "ipvs" and scheduler != IPVS_SCHEDULERS[0]:
+        # kube-proxy reads ipvs.scheduler only in ipvs mode
+        warnings.append(f"ipvsScheduler: {scheduler} has no effect with kubeProxyMode {mode} "
+                        "(only the ipvs mode uses a scheduler)")
+    return spec, warnings
+
+
+def _choice(obj: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    """A kube-proxy setting: one of ``choices`` (the first is the default), as written."""
+    value = obj.get(key, choices[0])
+    if not isinstance(value, str) or value not in choices:
+        raise PoolError(f"{key}: expected {' or '.join(choices)}, got {value!r}")
+    return value
 
 
 def _cluster_name(name: Any) -> str:

@@ -601,7 +601,8 @@ class CalicoIpamSync:
         self.allocator = allocator if allocator is not None else BlockAllocator()
         self.resource_version: str | None = None
         self.lock = asyncio.Lock()
-        self.counts = {"claims": 0, "conflicts": 0, "reads": 0, "applied": 0}
+        self.counts = {"claims": 0, "conflicts": 0, "reads": 0, "applied": 0, "released_nodes": 0,
+                       "released_blocks": 0}
 
     @property
     def path(self) -> str:
@@ -673,6 +674,29 @@ class CalicoIpamSync:
                 self.counts["conflicts"] += 1
                 await asyncio.sleep(0.01 * (1 + random.random()))  # de-synchronise the racers
             raise TimeoutError(f"calico ipam: could not claim a block after {IPAM_RETRIES} attempts")
+
+    async def release_node(self, node: str) -> list[str]:
+        """A deleted node's blocks (and every address in them) back to the pool, written with
+        the same compare-and-swap as a claim (Calico kube-controllers' IPAM clean-up of a
+        deleted Node: agents/node/ipamgc.py decides who and when); returns the blocks."""
+        if node == self.node:
+            raise ValueError(f"node: {node} would release its own blocks")
+        async with self.lock:
+            for _ in range(IPAM_RETRIES):
+                self.merge(await self.read())
+                if not self.allocator.blocks_of(node):
+                    return []  # nothing (left) to release: another node did it, or none claimed
+                before = self.allocator.claimed_blocks()
+                released = self.allocator.release_node(node)
+                if await self._write():
+                    self.counts["released_nodes"] += 1
+                    self.counts["released_blocks"] += len(released)
+                    log.info("calico ipam: released the blocks of deleted node %s: %s", node, ", ".join(released))
+                    return released
+                self.allocator.load(before)
+                self.counts["conflicts"] += 1
+                await asyncio.sleep(0.01 * (1 + random.random()))
+            raise TimeoutError(f"calico ipam: could not release node {node}'s blocks after {IPAM_RETRIES} attempts")
 
     async def _write(self) -> bool:
         from agents.kube.client import api_path

@@ -3,7 +3,8 @@
 Config keys (docs/contracts-control-plane.md): ``cluster``, ``pool``, ``os`` (linux|windows),
 ``apiserver``, ``max_pods``, ``time_scale``; optional ``vm_size``, ``network_plugin``
 (``calico`` | ``flannel``, default calico: the cluster's ``primaryNetworkPlugin``),
-``kube_proxy_mode`` (``iptables`` | ``ipvs``, default iptables), ``ipvs_scheduler`` (``rr``).
+``kube_proxy_mode`` (``iptables`` | ``ipvs``, default iptables), ``ipvs_scheduler`` (``rr`` | ``lc``,
+default rr).
 Windows nodes run the same agents with ``kubernetes.io/os: windows`` and the Windows
 nodeInfo (on the real product the CNI runs as a Windows service; the datapath is the same).
 
@@ -11,19 +12,22 @@ Bring-up, after the kubelet registered its Node (docs/contracts-pod-network.md):
 
 1. a Node informer; Flannel waits for this Node's ``spec.podCIDR`` (the API server's node
    IPAM); Calico reads the shared block IPAM (:class:`~.kubelet.CalicoIpamSync`, a ConfigMap)
-   and claims a block for the VTEP;
+   and claims a block for the VTEP; the blocks of a deleted Node go back to the pool, released
+   once, by the first Ready node (:mod:`.ipamgc`);
 2. the CNI plugin and the :class:`~.datapath.NodeDatapath` around the VM's root stack, which
    the runtime then drives (:class:`~.netapi.DatapathStack`); routes to the other nodes'
    pod networks follow the Node objects (and, for Calico, the block affinities);
 3. kube-proxy (:class:`agents.kubeproxy.Proxier`) in the root stack's hooks, fed Services
    and EndpointSlices; network programming latency from each watch event's ``committedAt``;
+   its ``healthCheckNodePort`` listeners follow the Services (:mod:`.healthcheck`);
 4. the pods bound to this node (``fieldSelector=spec.nodeName=<node>``) run through
    :class:`~.pods.PodManager`; CoreDNS pods serve the cluster zone fed from the same watches.
 
 Management verbs beside the plain VM's: ``kubelet`` (registration and heartbeats), ``pods``
 (the pod workers), ``datapath`` (CNI, VXLAN, masquerade, kube-proxy), ``pod_exec
 {namespace, name, argv, input?, container?}`` -> ``{rc, stdout, stderr}``: a tool
-(``ping``, ``curl``, ``nc``, ``nslookup``...) run inside the pod's network namespace.
+(``ping``, ``curl``, ``nc``, ``nslookup``...) run inside the pod's network namespace,
+``cni_masquerade {exceptions?}`` (the CNI's masquerade exceptions, read or replaced).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ log = logging.getLogger("hcinet.node")
 
 PLUGINS = ("calico", "flannel")
 PROXY_MODES = ("iptables", "ipvs")
+IPVS_SCHEDULERS = ("rr", "lc")
 CLUSTER_DNS = ("10.96.0.10",)
 STATUS_WRITERS = 2
 
@@ -87,10 +92,11 @@ class NodeVM(VM):
         self.datapath: Any = None
         self.plugin: Any = None
         self.ipam: CalicoIpamSync | None = None
+        self.ipam_gc: Any = None  # Calico: deleted Nodes' blocks released (ipamgc.py)
         self.proxier: Any = None
+        self.health: Any = None  # kube-proxy's healthCheckNodePort listeners (healthcheck.py)
         self.pods: Any = None
         self.pod_api: KubePodApi | None = None
-        self.zone: Any = None
         self.network_plugin = "calico"
         self.proxy_mode = "iptables"
         self.ipvs_scheduler = "rr"
@@ -116,6 +122,8 @@ class NodeVM(VM):
         if self.proxy_mode not in PROXY_MODES:
             raise ConfigError(f"kube_proxy_mode: expected iptables or ipvs, got {self.proxy_mode!r}")
         self.ipvs_scheduler = str(raw.get("ipvs_scheduler") or "rr")
+        if self.ipvs_scheduler not in IPVS_SCHEDULERS:
+            raise ConfigError(f"ipvs_scheduler: expected rr or lc, got {self.ipvs_scheduler!r}")
         return await super().start()
 
     def build_stack(self) -> Any:
@@ -166,6 +174,10 @@ class NodeVM(VM):
             with contextlib.suppress(BaseException):
                 await task
         self._tasks = []
+        if self.health is not None:
+            await self.health.close()
+        if self.ipam_gc is not None:
+            await self.ipam_gc.close()
         if self.pods is not None:
             await self.pods.close()
         for informer in self._informers.values():
@@ -204,7 +216,7 @@ class NodeVM(VM):
         nodes = self._informer("nodes", client, "/api/v1/nodes",
                                on_add=lambda *_: self._nodes_changed(nodes_changed),
                                on_update=lambda *_: self._nodes_changed(nodes_changed),
-                               on_delete=lambda *_: self._nodes_changed(nodes_changed))
+                               on_delete=lambda obj: self._node_deleted(obj, nodes_changed))
         await nodes.wait_synced()
         kwargs: dict[str, Any] = {"node_name": cfg.node, "node_ip": node_ip,
                                   "node_subnet": self.node_subnet(node_ip), "os": cfg.os}
@@ -217,6 +229,10 @@ class NodeVM(VM):
                            on_add=self._ipam_changed, on_update=lambda _old, new: self._ipam_changed(new),
                            on_delete=lambda _obj: self._ipam_changed(None))
             await self.ipam.ensure_capacity(1)  # the VTEP's address (or a Windows node's block)
+            from .ipamgc import CalicoIpamGc  # a deleted Node's blocks back to the pool, once
+
+            self.ipam_gc = CalicoIpamGc(self.ipam, nodes.items, timers)
+            self._tasks.append(asyncio.ensure_future(self.ipam_gc.run()))
             kwargs["allocator"] = self.ipam.allocator
         from .datapath import NodeDatapath
 
@@ -249,6 +265,11 @@ class NodeVM(VM):
             changed.clear()
             await changed.wait()
 
+    def _node_deleted(self, obj: Any, event: asyncio.Event) -> None:
+        if self.ipam_gc is not None:
+            self.ipam_gc.node_deleted(obj)
+        self._nodes_changed(event)
+
     def _nodes_changed(self, event: asyncio.Event) -> None:
         event.set()
         self._sync_remote_nodes()
@@ -273,7 +294,6 @@ class NodeVM(VM):
 
     def _start_kube_proxy(self, client: Any, cfg: KubeletConfig, timers: Timers, node_ip: str) -> None:
         from agents.cni import CLUSTER_CIDR
-        from agents.dns.zone import Zone
         from agents.kubeproxy import Proxier
 
         assert self.dstack is not None
@@ -290,7 +310,9 @@ class NodeVM(VM):
             prerouting.remove(unnat)
             prerouting.insert(0, unnat)
         self.dstack.add_timed(self.proxier)
-        self.zone = Zone(ns_ips=CLUSTER_DNS)
+        from .healthcheck import ServiceHealthServers
+
+        self.health = ServiceHealthServers(self._stack(), self.proxier)
         self._informer("services", client, "/api/v1/services",
                        on_add=lambda obj: self._service(obj, "Service"),
                        on_update=lambda _old, obj: self._service(obj, "Service"),
@@ -302,7 +324,7 @@ class NodeVM(VM):
 
     def _service(self, obj: dict[str, Any], kind: str, *, deleted: bool = False) -> None:
         """A Service or EndpointSlice changed: kube-proxy's rules (in force on return, which
-        is the programming latency's end) and the CoreDNS zone."""
+        is the programming latency's end)."""
         informer = self._informers["services" if kind == "Service" else "endpointslices"]
         committed = informer.committed_at
         loop_now = asyncio.get_running_loop().time()
@@ -314,11 +336,7 @@ class NodeVM(VM):
             (proxier.delete_service if deleted else proxier.update_service)(obj, at, loop_now)
         else:
             (proxier.delete_slice if deleted else proxier.update_slice)(obj, at, loop_now)
-        try:
-            typed = obj if obj.get("kind") else {**obj, "kind": kind}
-            (self.zone.remove if deleted else self.zone.update)(typed)
-        except Exception:
-            log.debug("zone: %s %s", kind, (obj.get("metadata") or {}).get("name"), exc_info=True)
+        self.health.sync()  # the healthCheckNodePort listeners follow the Services
         self._stack().kick()
 
     # -- pods --
@@ -348,22 +366,35 @@ class NodeVM(VM):
             await self.ipam.ensure_capacity(1)
 
     def _app_kwargs(self, plan: Any) -> dict[str, Any]:
-        return {"dns": self._serve_cluster_dns} if plan.app == "coredns" else {}
+        """A coredns container runs CoreDNS's kubernetes plugin (agents/dns/coredns.py): its own
+        watches through the API VIP, DNS served on the pod's address, the rest forwarded to
+        the node's resolvers (the network's dnsServers).
 
-    async def _serve_cluster_dns(self, net: Any, plan: Any) -> Any:
-        """A CoreDNS pod's DNS server: the cluster zone (this node's watches) on port 53,
-        anything else forwarded to the node's own resolvers (the network's dnsServers)."""
+        Its API watches and upstream queries leave from the node's address (``egress``): the
+        control-plane VM and the datacenter DNS sit on the node subnet, which Flannel's
+        masquerade exceptions leave un-NATed, and neither has a route back to the pod
+        network here (on the product the control plane is itself a cluster node).
+        """
+        if plan.app != "coredns":
+            return {}
+        from functools import partial
+
+        from agents.dns.coredns import STARTUP_TIMEOUT, coredns_dns_factory
         from agents.dns.resolver import resolv_conf_of
-        from agents.dns.server import serve_dns
 
+        cfg = self.kubelet_config
+        assert cfg is not None
         upstream = [ip for ip in resolv_conf_of(self).nameservers if ip not in CLUSTER_DNS]
-        return await serve_dns(net, "0.0.0.0", 53, self.zone, upstream)
+        return {"dns": partial(coredns_dns_factory, kube=f"{cfg.apiserver_host}:{cfg.apiserver_port}",
+                               upstream=upstream, egress=self,
+                               startup_timeout=Timers(cfg.time_scale).scaled(STARTUP_TIMEOUT))}
 
     # -- management --
 
     def mgmt_handlers(self) -> dict[str, Any]:
         return {**super().mgmt_handlers(), "kubelet": self._m_kubelet, "pods": self._m_pods,
-                "datapath": self._m_datapath, "pod_exec": self._m_pod_exec}
+                "datapath": self._m_datapath, "pod_exec": self._m_pod_exec,
+                "cni_masquerade": self._m_cni_masquerade}
 
     def _m_kubelet(self, args: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self.kubelet.stats() if self.kubelet is not None else {"registered": False}
@@ -387,9 +418,37 @@ class NodeVM(VM):
         out.pop("root", None)
         if self.proxier is not None:
             out["kube_proxy"] = self.proxier.stats()
+            if self.health is not None:
+                out["kube_proxy"]["health_check"] = self.health.stats()
+            if args.get("latency_samples"):  # the window's per-change samples, oldest first (benchmarks)
+                out["kube_proxy"]["programming_latency_samples_ms"] = self.proxier.latency.samples()
         if self.ipam is not None:
             out["ipam"] = self.ipam.stats()
+            if self.ipam_gc is not None:
+                out["ipam"]["gc"] = self.ipam_gc.stats()
         return out
+
+    def _m_cni_masquerade(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``cni_masquerade {exceptions?}`` -> ``{sources, exceptions}``: the CNI's masquerade
+        settings; ``exceptions`` (prefixes) replaces the exception list first.  The setting
+        that decides the pod -> VM outcome (docs/contracts-pod-network.md): flows already
+        NATed keep their mapping until they expire, as conntrack entries do."""
+        if self.datapath is None:
+            raise MgmtError(f"cni_masquerade: node {self.name} has no pod network yet"
+                            + (f" ({self.network_error})" if self.network_error else ""))
+        if "exceptions" in args:
+            raw = args["exceptions"]
+            if not isinstance(raw, list | tuple) or not all(isinstance(p, str) for p in raw):
+                raise MgmtError("exceptions: expected a list of prefixes such as 172.16.0.0/24")
+            try:
+                prefixes = [str(ipaddress.ip_network(p, strict=False)) for p in raw]
+            except ValueError as exc:
+                raise MgmtError(f"exceptions: {exc}") from None
+            self.plugin.masquerade_exceptions = prefixes
+            self.datapath.masquerade.set_exceptions(prefixes)
+            log.info("node %s: masquerade exceptions now %s", self.name, prefixes)
+        return {"sources": list(self.plugin.masquerade_sources),
+                "exceptions": list(self.plugin.masquerade_exceptions)}
 
     async def _m_pod_exec(self, args: dict[str, Any]) -> dict[str, Any]:
         namespace = mgmt.require(args, "namespace", str) if "namespace" in args else "default"

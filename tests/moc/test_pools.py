@@ -191,8 +191,12 @@ def test_flannel_is_accepted_with_a_warning() -> None:
     ({"nodePools": [{"name": "p"}, {"name": "p"}]}, "nodePools[1].name: duplicate node pool p"),
     ({"nodePools": [{"name": "P_1"}]},
      "nodePools[0].name: 'P_1' is not a node pool name (lower-case letters, digits and '-', at most 59 characters)"),
-    ({"color": "blue"}, "color: unknown key (known: controlPlaneNodeCount, kubernetesVersion, loadBalancerSku, name, "
-                        "nodeCount, nodeMaxPodCount, nodePoolName, nodePools, osType, primaryNetworkPlugin, vnet)"),
+    ({"color": "blue"}, "color: unknown key (known: controlPlaneNodeCount, ipvsScheduler, kubeProxyMode, "
+                        "kubernetesVersion, loadBalancerSku, name, nodeCount, nodeMaxPodCount, nodePoolName, "
+                        "nodePools, osType, primaryNetworkPlugin, vnet)"),
+    ({"kubeProxyMode": "userspace"}, "kubeProxyMode: expected iptables or ipvs, got 'userspace'"),
+    ({"kubeProxyMode": "IPVS"}, "kubeProxyMode: expected iptables or ipvs, got 'IPVS'"),
+    ({"kubeProxyMode": "ipvs", "ipvsScheduler": "wrr"}, "ipvsScheduler: expected rr or lc, got 'wrr'"),
 ])
 def test_cluster_rules(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(P.PoolError) as info:
