@@ -587,3 +587,4 @@ from agents.dns import nslookup as _nslookup  # noqa: E402,F401
 from agents.kube import kwatch as _kwatch  # noqa: E402,F401
 
 from . import curl as _curl  # noqa: E402,F401
+from . import httpbench as _httpbench  # noqa: E402,F401
