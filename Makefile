@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check agents broker scenarios scripts tests
-	$(BIN)/mypy agents broker scenarios
+	$(BIN)/mypy agents broker scenarios scripts/bench
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -17,7 +17,7 @@ import zmq
 STOP = b"STOP"
 
 
-def relay(endpoint_q: mp.Queue) -> None:  # type: ignore[type-arg]
+def relay(endpoint_q: mp.Queue) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -34,7 +34,7 @@ def relay(endpoint_q: mp.Queue) -> None:  # type: ignore[type-arg]
     ctx.term()
 
 
-def _dealer(ctx: zmq.Context, endpoint: str, ident: bytes) -> zmq.Socket:  # type: ignore[type-arg]
+def _dealer(ctx: zmq.Context, endpoint: str, ident: bytes) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, ident)
     sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -43,7 +43,7 @@ def _dealer(ctx: zmq.Context, endpoint: str, ident: bytes) -> zmq.Socket:  # typ
     return sock
 
 
-def receiver(endpoint: str, n_msgs: int, batched: bool, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def receiver(endpoint: str, n_msgs: int, batched: bool, out: mp.Queue) -> None:
     ctx = zmq.Context()
     sock = _dealer(ctx, endpoint, b"rx")
     # Say hello until the sender starts: a ROUTER drops messages to a peer not yet connected.
@@ -73,8 +73,8 @@ def receiver(endpoint: str, n_msgs: int, batched: bool, out: mp.Queue) -> None: 
 
 def _run_relay_throughput(size: int, per_msg: int, n_msgs: int) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
-    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    q: mp.Queue = ctx.Queue()
+    out: mp.Queue = ctx.Queue()
     rel = ctx.Process(target=relay, args=(q,))
     rel.start()
     endpoint = q.get(timeout=30)
@@ -110,7 +110,7 @@ def raw_bulk_relay_mb_per_s(n: int = 20_000) -> float:
     return _run_relay_throughput(1400, 64, n)[1]
 
 
-def _echo_endpoint(endpoint: str, ident: bytes, peer: bytes, n: int, out: mp.Queue | None) -> None:  # type: ignore[type-arg]
+def _echo_endpoint(endpoint: str, ident: bytes, peer: bytes, n: int, out: mp.Queue | None) -> None:
     import uvloop
     import zmq.asyncio
 
@@ -150,8 +150,8 @@ def _echo_endpoint(endpoint: str, ident: bytes, peer: bytes, n: int, out: mp.Que
 def raw_rtt_us(n: int = 3000) -> tuple[float, float]:
     """p50 and p99 of a round trip between two uvloop endpoints through the blocking relay."""
     ctx = mp.get_context("spawn")
-    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    q: mp.Queue = ctx.Queue()
+    out: mp.Queue = ctx.Queue()
     rel = ctx.Process(target=relay, args=(q,))
     rel.start()
     endpoint = q.get(timeout=30)
