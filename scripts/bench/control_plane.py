@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import apiserver_writes  # noqa: E402
+import scenarios_bench  # noqa: E402
 
 from agents import mgmt, triozmq  # noqa: E402
 from scenarios import runner, schema  # noqa: E402
@@ -57,40 +58,6 @@ CLUSTER = "cluster1"
 WATCH_NS = "bench-watch"
 WRITE_NS = "bench-writes"
 WATCHERS = {"client-dc": 15, "client-ext": 15}  # 30 watch streams, from both client VMs
-
-# The default scenario's networks and cluster, with one Linux pool of {nodes} nodes and no
-# clients: a node pool big enough for 30 nodes + control plane + LB VM + 5 spare (FACTS.md).
-BOOT_SCENARIO = """
-name: bench-boot
-time_scale: 0.1
-networks:
-  - name: aks-net
-    vswitchName: External
-    ipAddressPrefix: 172.16.0.0/24
-    gateway: 172.16.0.1
-    dnsServers: [172.16.0.2]
-    vlanID: 0
-    k8sNodeIpPoolStart: 172.16.0.20
-    k8sNodeIpPoolEnd: 172.16.0.139
-    vipPoolStart: 172.16.0.150
-    vipPoolEnd: 172.16.0.199
-  - name: internet
-    ipAddressPrefix: 203.0.113.0/24
-    gateway: 203.0.113.1
-    external: true
-management:
-  network: aks-net
-  cloudAgentIp: 172.16.0.5
-clusters:
-  - name: cluster1
-    vnet: aks-net
-    primaryNetworkPlugin: calico
-    controlPlaneNodeCount: 1
-    loadBalancerSku: HAProxy
-    nodeMaxPodCount: 110
-    nodePools:
-      - {{name: cluster1-linux, osType: linux, nodeCount: {nodes}}}
-"""
 
 TARGETS: dict[str, tuple[str, float]] = {
     "boot_s_3_nodes": ("<=", 3.0),
@@ -150,7 +117,7 @@ def raw_spawn_s(n: int = 30) -> float:
 async def boot_s(nodes: int) -> tuple[float, int]:
     """Seconds from `up` to every Node Ready, and how many registrations the kubelets retried
     (a first POST to the VIP before the LB VM claimed it is lost and times out)."""
-    scenario = schema.loads(BOOT_SCENARIO.format(nodes=nodes))
+    scenario = schema.loads(scenarios_bench.one_cluster(nodes, time_scale=0.1, name="bench-boot"))
     deployment = f"bench-cp-{os.getpid()}-boot{nodes}"
     t0 = time.perf_counter()
     try:

@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import raw  # noqa: E402
+import scenarios_bench  # noqa: E402
 
 from agents import triozmq  # noqa: E402
 from scenarios import runner, schema  # noqa: E402
@@ -77,40 +78,6 @@ NS = "bench"
 AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.43"
 BUSYBOX = "busybox:1.36"
 CLIENT_NODE, SERVER_NODE = f"{CLUSTER}-linux-0", f"{CLUSTER}-linux-1"
-
-# The default scenario's networks and cluster with one Linux pool of {nodes} nodes, no clients
-# and no DNS VM: the node IP pool holds the nodes + control plane + LB VM + 5 spare (FACTS.md).
-CHURN_SCENARIO = """
-name: bench-dataplane
-time_scale: {time_scale}
-networks:
-  - name: aks-net
-    vswitchName: External
-    ipAddressPrefix: 172.16.0.0/24
-    gateway: 172.16.0.1
-    dnsServers: [172.16.0.2]
-    vlanID: 0
-    k8sNodeIpPoolStart: 172.16.0.20
-    k8sNodeIpPoolEnd: 172.16.0.139
-    vipPoolStart: 172.16.0.150
-    vipPoolEnd: 172.16.0.199
-  - name: internet
-    ipAddressPrefix: 203.0.113.0/24
-    gateway: 203.0.113.1
-    external: true
-management:
-  network: aks-net
-  cloudAgentIp: 172.16.0.5
-clusters:
-  - name: cluster1
-    vnet: aks-net
-    primaryNetworkPlugin: calico
-    controlPlaneNodeCount: 1
-    loadBalancerSku: HAProxy
-    nodeMaxPodCount: 110
-    nodePools:
-      - {{name: cluster1-linux, osType: linux, nodeCount: {nodes}}}
-"""
 
 TARGETS: dict[str, tuple[str, float]] = {
     "http_p50_us / raw_rtt_p50_us": ("<=", 10.0),
@@ -417,7 +384,7 @@ class Churn:
 
 async def churn_scenario(opts: argparse.Namespace, profile: Profiler | None) -> dict[str, Any]:
     nodes_n, services, replicas = opts.nodes, opts.services, opts.replicas
-    scenario = schema.loads(CHURN_SCENARIO.format(nodes=nodes_n, time_scale=opts.time_scale))
+    scenario = schema.loads(scenarios_bench.one_cluster(nodes_n, time_scale=opts.time_scale, name="bench-dataplane"))
     name = f"bench-dp-{os.getpid()}-churn"
     out: dict[str, Any] = {"prog_nodes": nodes_n, "prog_services": services, "prog_pods": services * replicas,
                            "prog_time_scale": opts.time_scale}
