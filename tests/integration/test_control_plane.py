@@ -22,14 +22,15 @@ import io
 import ipaddress
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
 import yaml
+from integration_support import plain, wait_for
 
 from agents import mgmt
 from agents.timers import Timers
@@ -52,28 +53,10 @@ CLIENTS = {"client-dc": "172.16.0.10", "client-ext": "203.0.113.10"}
 WATCHER = "client-dc"  # the client VM that watches through the VIP
 SETTLE = 20.0  # generous deadline for anything to come back on a shared 2-core machine
 
-T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
-def plain(value: Any) -> Any:
-    """msgpack hands arrays back as tuples: lists, so results compare with JSON-shaped data."""
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
 
 
 def in_range(ip: str, pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]) -> bool:

@@ -22,15 +22,16 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
 import zmq
+from integration_support import wait_for
 
 from agents import mgmt
 from broker import packets as P
@@ -70,19 +71,8 @@ vms:
 IP = {"vm-a": "172.16.0.10", "vm-b": "172.16.0.11", "vm-c": "203.0.113.10", "vm-d": "172.16.0.12"}
 IP6 = {"vm-a": "fd00:16::a", "vm-b": "fd00:16::b", "vm-c": "2001:db8:113::c"}
 
-T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True, slots=True)

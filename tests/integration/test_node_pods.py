@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import io
 import ipaddress
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
+from integration_support import plain, wait_for
 
 from agents import mgmt
 from scenarios import runner, schema
 
-T = TypeVar("T")
 SETTLE = 20.0
 AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.43"
 CLUSTER = "podc"
@@ -57,24 +56,8 @@ clusters:
 """
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
-def plain(value: Any) -> Any:
-    """msgpack hands arrays back as tuples: lists, so results compare with JSON-shaped data."""
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
 
 
 class Deployment:

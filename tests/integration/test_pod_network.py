@@ -23,20 +23,20 @@ import io
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
+from integration_support import plain, wait_for
 
 from agents import mgmt
 from agents.timers import Timers
 from scenarios import cli, runner, schema
 
-T = TypeVar("T")
 TIME_SCALE = 0.03
 TIMERS = Timers(TIME_SCALE)
 SETTLE = 30.0  # generous deadline for anything to converge on a shared 2-core machine
@@ -217,25 +217,8 @@ spec:
 """
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
-def plain(value: Any) -> Any:
-    """msgpack hands arrays back as tuples: lists, so results compare with JSON-shaped data."""
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
