@@ -896,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
     from scenarios import aks  # the AKS verbs: get, network, cluster, nodepool
 
     aks.add_parsers(sub)
+    from scenarios import run as scenario_run  # hcinet run FILE (step 4)
+
+    scenario_run.add_parser(sub)
     return parser
 
 

@@ -85,7 +85,7 @@ RESERVED_VM_NAMES = frozenset({"broker", "hostagent", "moc-cloudagent"})
 MOC_VM = "moc-cloudagent"  # the MOC cloud agent's VM (docs/contracts-control-plane.md)
 
 # Sections of later steps: recognised, refused with a clear message until their step lands.
-LATER_SECTIONS = ("manifests", "steps")
+LATER_SECTIONS: tuple[str, ...] = ()
 
 
 class ScenarioError(ValueError):
@@ -139,6 +139,7 @@ class Network:
     node_pool: IpRange | None = None  # k8sNodeIpPoolStart..End: the static IP model
     dhcp_scope: IpRange | None = None  # dhcpScopeStart..End: the DHCP model
     vip_pool: IpRange | None = None  # vipPoolStart..End
+    vip_allocation: str = "shared-ports"  # vipAllocation: shared-ports (as shipped) | exclusive
 
     @property
     def model(self) -> str | None:
@@ -172,6 +173,8 @@ class Network:
                        ("vipPool", self.vip_pool)):
             if r is not None:
                 out[f"{key}Start"], out[f"{key}End"] = str(r.start), str(r.end)
+        if self.vip_allocation != "shared-ports":
+            out["vipAllocation"] = self.vip_allocation
         return out
 
 
@@ -347,6 +350,8 @@ class Scenario:
     clients: tuple[Client, ...] = ()
     dns: tuple[DnsVm, ...] = ()
     warnings: tuple[str, ...] = ()  # e.g. Flannel's retirement; printed to stderr
+    manifests: tuple[ManifestSet, ...] = ()  # applied by `hcinet run` (not kept in doc())
+    steps: tuple[Step, ...] = ()  # run by `hcinet run` (not kept in doc())
 
     @property
     def uses_moc(self) -> bool:
@@ -421,10 +426,10 @@ def load(path: str | Path) -> Scenario:
         text = path.read_text()
     except OSError as exc:
         raise ScenarioError("", f"{path}: cannot read ({exc.strerror or exc})") from None
-    return loads(text)
+    return loads(text, path.parent)
 
 
-def loads(text: str) -> Scenario:
+def loads(text: str, base: Path | None = None) -> Scenario:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -434,14 +439,16 @@ def loads(text: str) -> Scenario:
         raise ScenarioError("", f"not valid YAML{where}: {problem}") from None
     if doc is None:
         raise ScenarioError("", "the scenario is empty")
-    return parse(doc)
+    return parse(doc, base)
 
 
-def parse(doc: Any) -> Scenario:
-    """Validate a scenario document (the YAML as plain data)."""
+def parse(doc: Any, base: Path | None = None) -> Scenario:
+    """Validate a scenario document (the YAML as plain data); manifest paths are relative to
+    ``base`` (the scenario file's directory; the working directory when None)."""
     for key in LATER_SECTIONS:
         if isinstance(doc, dict) and key in doc:
             raise ScenarioError(key, "not supported until a later step")
+    doc, cluster_manifests = _split_cluster_manifests(doc)
     top = _mapping(doc, "", _TOP_KEYS, {"name", "networks"})
     name = _string(top["name"], "name")
     time_scale = _positive_float(top.get("time_scale", 1.0), "time_scale")
@@ -460,18 +467,24 @@ def parse(doc: Any) -> Scenario:
     if (clusters or clients or dns) and management is None:
         raise ScenarioError("management", "required with clusters, clients or dns (where the MOC cloud agent "
                                           "runs: {network, cloudAgentIp})")
+    manifest_sets = _manifests(cluster_manifests, top.get("manifests"), clusters, base)
+    vm_names = [v.name for v in vms] + [n for c in clusters for n in c.vm_names()] + [d.name for d in dns] \
+        + [c.name for c in clients]
+    steps = _steps(top.get("steps"), vm_names, [c.name for c in clusters])
     return Scenario(name=name, time_scale=time_scale, networks=networks, routes=routes, vms=vms,
-                    management=management, clusters=clusters, clients=clients, dns=dns, warnings=warnings)
+                    management=management, clusters=clusters, clients=clients, dns=dns, warnings=warnings,
+                    manifests=manifest_sets, steps=steps)
 
 
-_TOP_KEYS = {"name", "time_scale", "networks", "routes", "vms", "management", "clusters", "clients", "dns"}
+_TOP_KEYS = {"name", "time_scale", "networks", "routes", "vms", "management", "clusters", "clients", "dns",
+             "manifests", "steps"}
 
 
 # --- sections -------------------------------------------------------------------------------
 
 _NETWORK_KEYS = {"name", "ipAddressPrefix", "gateway", "vlanID", "mtu", "external", "vswitchName", "dnsServers",
                  "k8sNodeIpPoolStart", "k8sNodeIpPoolEnd", "dhcpScopeStart", "dhcpScopeEnd",
-                 "vipPoolStart", "vipPoolEnd"}
+                 "vipPoolStart", "vipPoolEnd", "vipAllocation"}
 
 
 def _networks(value: Any) -> tuple[Network, ...]:
@@ -506,7 +519,7 @@ def _network(item: Any, path: str, earlier: list[Network]) -> Network:
 
 
 _AKS_KEYS = ("vswitchName", "dnsServers", "k8sNodeIpPoolStart", "k8sNodeIpPoolEnd", "dhcpScopeStart",
-             "dhcpScopeEnd", "vipPoolStart", "vipPoolEnd")
+             "dhcpScopeEnd", "vipPoolStart", "vipPoolEnd", "vipAllocation")
 
 
 NETWORK_KEYS = frozenset(_NETWORK_KEYS)
@@ -526,7 +539,7 @@ def _aks_params(m: Mapping[str, Any], path: str, earlier: list[Network]) -> dict
     spec = _pool_call(path, lambda: pools.parse_network(dict(m), others))
     return {"vswitch_name": spec.vswitch, "dns_servers": tuple(ipaddress.ip_address(d) for d in spec.dns_servers),
             "node_pool": _range_of(spec.node_pool), "dhcp_scope": _range_of(spec.dhcp_scope),
-            "vip_pool": _range_of(spec.vip_pool)}
+            "vip_pool": _range_of(spec.vip_pool), "vip_allocation": spec.vip_allocation}
 
 
 def _spec_of(net: Network) -> pools.NetworkSpec:
@@ -919,3 +932,199 @@ def _host_in(value: Any, path: str, prefix: IPNetwork, where: str) -> IPAddress:
     if bad:
         raise ScenarioError(path, f"{ip} is {bad} of {prefix}")
     return ip
+
+
+# --- manifests and steps (step 4: `hcinet run`) -------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestSet:
+    """Kubernetes documents to apply to one cluster: one file's, or one inline document."""
+
+    cluster: str
+    source: str  # the file's path, or the key path of an inline document
+    documents: tuple[Any, ...]
+
+
+STEP_KINDS = ("load", "wait", "stop", "start")
+VIP_REF = re.compile(r"\$\{VIP:([^}]*)\}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """One step of ``hcinet run``: ``load`` (the ``load`` tool on a VM), ``wait``, or the
+    chaos steps ``stop`` / ``start`` (power a VM off / on, as ``hcinet vm stop|start``)."""
+
+    kind: str
+    name: str = ""  # load: the report's name
+    vm: str = ""  # load: the VM it runs on (`from`); stop/start: the VM
+    url: str = ""
+    rps: float = 0.0
+    duration: float = 0.0
+    timeout: float = 2.0
+    connections: str = "new"
+    background: bool = False  # load: let the next steps run while it does
+    seconds: float = 0.0  # wait
+
+    def load_argv(self, url: str) -> list[str]:
+        return ["load", url, "--rps", f"{self.rps:g}", "--duration", f"{self.duration:g}",
+                "--timeout", f"{self.timeout:g}", "--connections", self.connections, "--json"]
+
+
+def vip_refs(url: str) -> list[tuple[str | None, str, str]]:
+    """``${VIP:[cluster/]namespace/service}`` references of a URL: (cluster, namespace, name)."""
+    out: list[tuple[str | None, str, str]] = []
+    for m in VIP_REF.finditer(url):
+        parts = m.group(1).split("/")
+        if len(parts) == 2 and all(parts):
+            out.append((None, parts[0], parts[1]))
+        elif len(parts) == 3 and all(parts):
+            out.append((parts[0], parts[1], parts[2]))
+        else:
+            raise ValueError(f"${{VIP:{m.group(1)}}}: expected ${{VIP:namespace/service}} or "
+                             "${VIP:cluster/namespace/service}")
+    return out
+
+
+def _split_cluster_manifests(doc: Any) -> tuple[Any, dict[int, Any]]:
+    """Take ``clusters[i].manifests`` out (the cluster objects are MOC's ``cluster_create``
+    arguments, which know no manifests)."""
+    found: dict[int, Any] = {}
+    if not (isinstance(doc, dict) and isinstance(doc.get("clusters"), list)):
+        return doc, found
+    clusters = []
+    for i, item in enumerate(doc["clusters"]):
+        if isinstance(item, dict) and "manifests" in item:
+            item = dict(item)
+            found[i] = item.pop("manifests")
+        clusters.append(item)
+    return {**doc, "clusters": clusters}, found
+
+
+def _read_manifest(path_text: str, path: str, base: Path | None) -> tuple[str, tuple[Any, ...]]:
+    file = Path(path_text)
+    if not file.is_absolute() and base is not None:
+        file = base / file
+    try:
+        docs = [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if d is not None]
+    except OSError as exc:
+        raise ScenarioError(path, f"{file}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(path, f"{file}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    for j, d in enumerate(docs):
+        _manifest_doc(d, f"{path} ({file}, document {j + 1})")
+    return str(file), tuple(docs)
+
+
+def _manifest_doc(value: Any, path: str) -> Any:
+    if not isinstance(value, dict) or not value.get("kind") or not value.get("apiVersion"):
+        raise ScenarioError(path, "expected a Kubernetes object (a mapping with apiVersion and kind)")
+    return value
+
+
+def _manifest_item(item: Any, path: str, cluster: str, base: Path | None) -> ManifestSet:
+    if isinstance(item, str):
+        source, docs = _read_manifest(_string(item, path), path, base)
+        return ManifestSet(cluster=cluster, source=source, documents=docs)
+    return ManifestSet(cluster=cluster, source=path, documents=(_manifest_doc(item, path),))
+
+
+def _manifests(per_cluster: dict[int, Any], top: Any, clusters: tuple[Cluster, ...],
+               base: Path | None) -> tuple[ManifestSet, ...]:
+    out: list[ManifestSet] = []
+    for i, value in sorted(per_cluster.items()):
+        path = f"clusters[{i}].manifests"
+        out += [_manifest_item(item, f"{path}[{j}]", clusters[i].name, base)
+                for j, item in enumerate(_list(value, path))]
+    names = [c.name for c in clusters]
+    for j, item in enumerate(_list(top, "manifests") if top is not None else []):
+        path = f"manifests[{j}]"
+        m = _mapping(item, path, {"cluster", "path", "document"}, set())
+        if ("path" in m) == ("document" in m):
+            raise ScenarioError(path, "give exactly one of path (a file, relative to the scenario) or document")
+        if "cluster" in m:
+            cluster = _string(m["cluster"], f"{path}.cluster")
+            if cluster not in names:
+                raise ScenarioError(f"{path}.cluster", f"no cluster named {cluster} "
+                                                       f"(known: {', '.join(names) or 'none'})")
+        elif len(names) == 1:
+            cluster = names[0]
+        else:
+            raise ScenarioError(f"{path}.cluster", "required (the scenario has "
+                                                   f"{len(names)} clusters)" if names else "no cluster to apply to")
+        item_value = m["path"] if "path" in m else m["document"]
+        out.append(_manifest_item(item_value, f"{path}.path" if "path" in m else f"{path}.document", cluster, base))
+    return tuple(out)
+
+
+_STEP_KEYS = {
+    "load": ({"name", "from", "url", "rps", "duration", "timeout", "connections", "background"},
+             {"from", "url", "rps", "duration"}),
+    "wait": ({"seconds"}, {"seconds"}),
+}
+
+
+def _steps(value: Any, vm_names: list[str], clusters: list[str]) -> tuple[Step, ...]:
+    out: list[Step] = []
+    names: set[str] = set()
+    for i, item in enumerate(_list(value, "steps") if value is not None else []):
+        path = f"steps[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ScenarioError(path, f"expected a mapping with one key ({', '.join(STEP_KINDS)})")
+        ((kind, body),) = item.items()
+        if kind not in STEP_KINDS:
+            raise ScenarioError(f"{path}.{kind}", f"unknown step (known: {', '.join(STEP_KINDS)})")
+        path = f"{path}.{kind}"
+        if kind in ("stop", "start"):
+            out.append(Step(kind=kind, vm=_vm_name(body, path, vm_names)))
+            continue
+        if kind == "wait" and not isinstance(body, dict):
+            body = {"seconds": body}
+        known, required = _STEP_KEYS[kind]
+        m = _mapping(body, path, known, required)
+        if kind == "wait":
+            out.append(Step(kind="wait", seconds=_seconds(m["seconds"], f"{path}.seconds")))
+            continue
+        name = _label(m.get("name", f"load-{len(names)}"), f"{path}.name")
+        if name in names:
+            raise ScenarioError(f"{path}.name", f"duplicate load name {name}")
+        names.add(name)
+        url = _string(m["url"], f"{path}.url")
+        if not url.startswith("http://"):
+            raise ScenarioError(f"{path}.url", f"{url}: only http:// URLs")
+        try:
+            refs = vip_refs(url)
+        except ValueError as exc:
+            raise ScenarioError(f"{path}.url", str(exc)) from None
+        for cluster, _, _ in refs:
+            if cluster is None and len(clusters) != 1:
+                raise ScenarioError(f"{path}.url", "${VIP:namespace/service} needs exactly one cluster; "
+                                                   "name it: ${VIP:cluster/namespace/service}")
+            if cluster is not None and cluster not in clusters:
+                raise ScenarioError(f"{path}.url", f"no cluster named {cluster}")
+        connections = m.get("connections", "new")
+        if connections not in ("new", "keepalive"):
+            raise ScenarioError(f"{path}.connections", f"expected new or keepalive, got {connections!r}")
+        out.append(Step(kind="load", name=name, vm=_vm_name(m["from"], f"{path}.from", vm_names), url=url,
+                        rps=_positive_float(m["rps"], f"{path}.rps"),
+                        duration=_seconds(m["duration"], f"{path}.duration"),
+                        timeout=_seconds(m.get("timeout", 2.0), f"{path}.timeout"),
+                        connections=connections, background=_bool(m.get("background", False), f"{path}.background")))
+    return tuple(out)
+
+
+def _vm_name(value: Any, path: str, vm_names: list[str]) -> str:
+    text = _string(value, path)
+    if text not in vm_names:
+        raise ScenarioError(path, f"no VM named {text} (known: {', '.join(sorted(vm_names))})")
+    return text
+
+
+def _seconds(value: Any, path: str) -> float:
+    """A number of seconds, or a string like ``20s`` / ``500ms``."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
+        except ValueError:
+            raise ScenarioError(path, f"expected seconds (e.g. 20, 20s, 500ms), got {text!r}") from None
+    return _positive_float(value, path)

@@ -588,3 +588,4 @@ from agents.kube import kwatch as _kwatch  # noqa: E402,F401
 
 from . import curl as _curl  # noqa: E402,F401
 from . import httpbench as _httpbench  # noqa: E402,F401
+from . import load as _load  # noqa: E402,F401

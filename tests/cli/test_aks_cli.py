@@ -143,8 +143,8 @@ BAD = [
     ("clients[1].network", "aks", "clients[1].dhcp: network aks has no DHCP scope (dhcpScopeStart/End)"),
     ("clients[0].name", "c1-linux-1", "clients[0].name: duplicate VM name c1-linux-1"),
     ("clients[0].name", "moc-cloudagent", "clients[0].name: moc-cloudagent is reserved"),
-    ("manifests", [], "manifests: not supported until a later step"),
-    ("steps", [{"kill": "x"}], "steps: not supported until a later step"),
+    ("manifests", [{"cluster": "c9", "document": {}}], "manifests[0].cluster: no cluster named c9 (known: c1)"),
+    ("steps", [{"kill": "x"}], "steps[0].kill: unknown step (known: load, wait, stop, start)"),
 ]
 
 

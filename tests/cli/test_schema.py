@@ -104,16 +104,17 @@ BAD = [
     ("networks[0].mtu", 40, "networks[0].mtu: 40 is out of range (68..9216)"),
     ("networks[0].external", "yes", "networks[0].external: expected true or false, got a string"),
     ("networks[0].vlan", 3, "networks[0].vlan: unknown key (known: dhcpScopeEnd, dhcpScopeStart, dnsServers, "
-     "external, gateway, ipAddressPrefix, k8sNodeIpPoolEnd, k8sNodeIpPoolStart, mtu, name, vipPoolEnd, "
+     "external, gateway, ipAddressPrefix, k8sNodeIpPoolEnd, k8sNodeIpPoolStart, mtu, name, vipAllocation, vipPoolEnd, "
      "vipPoolStart, vlanID, vswitchName)"),
     ("networks", [], "networks: must not be empty"),
     ("networks", {"dc": {}}, "networks: expected a list, got a mapping"),
     ("time_scale", 0, "time_scale: expected a number > 0, got 0"),
     ("time_scale", True, "time_scale: expected a number > 0, got True"),
-    ("impairments", [], "impairments: unknown key (known: clients, clusters, dns, management, name, networks, "
-     "routes, time_scale, vms)"),
-    ("steps", [], "steps: not supported until a later step"),
-    ("manifests", [], "manifests: not supported until a later step"),
+    ("impairments", [], "impairments: unknown key (known: clients, clusters, dns, management, manifests, name, "
+     "networks, routes, steps, time_scale, vms)"),
+    ("steps", [{"jump": 1}], "steps[0].jump: unknown step (known: load, wait, stop, start)"),
+    ("steps", [{"stop": "vm-z"}], "steps[0].stop: no VM named vm-z (known: vm-a, vm-r)"),
+    ("manifests", [{"path": "x.yaml"}], "manifests[0].cluster: no cluster to apply to"),
     ("name", ..., "name: required"),
     ("routes[0].network", "lab", "routes[0].network: no network named lab (known: dc, ext)"),
     ("routes[0].sources", ["dc", "nowhere"], "routes[0].sources[1]: no network named nowhere (known: dc, ext)"),
