@@ -242,6 +242,10 @@ class ApiServerVM(VM):
         self.controllers: list[Any] = []  # deployment, replicaset, scheduler, endpointslice (run in that order)
         self._pass_pending = False
         self.controller_passes = 0
+        self.moc = raw.get("moc") or None  # "IP:55000": the cloud agent, for LoadBalancer Services
+        if self.moc is not None and (not isinstance(self.moc, str) or not self.moc.rpartition(":")[2].isdigit()):
+            raise ConfigError(f"moc: expected 'IP:port' of the MOC cloud agent, got {self.moc!r}")
+        self.cloud: Any = None  # the cloud provider's service controller (with ``moc``)
 
     # -- life cycle --
 
@@ -272,6 +276,13 @@ class ApiServerVM(VM):
         await self.service.serve(self)
         if self.kube_vip and self.vip:
             self.announce(0, [self.vip], self.timers.keepalived_advert_int)
+        if self.moc:
+            from .cloudprovider import ServiceLbController, http_moc_call
+
+            self.cloud = ServiceLbController(store, self.cluster, http_moc_call(self, self.moc),
+                                             scale=self.timers.time_scale)
+            self.cloud.start()
+            self._tasks.append(loop.create_task(self.cloud.run(), name="service-lb-controller"))
         self._tasks.append(loop.create_task(self._lifecycle_loop(), name="node-lifecycle"))
         log.info("API server for cluster %s: %s:%d, store rv %d (%s)", self.cluster or "?", self.node_ip,
                  API_PORT, store.rv, store.path)
@@ -300,6 +311,9 @@ class ApiServerVM(VM):
             self.informers.close()
             self.informers = None
         self.controllers = []
+        if self.cloud is not None:
+            self.cloud.close()
+            self.cloud = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -375,6 +389,7 @@ class ApiServerVM(VM):
         out = super().stats()
         out["apiserver"] = {
             "cluster": self.cluster, "vip": self.vip, "kube_vip": self.kube_vip,
+            **({"cloudprovider": self.cloud.stats()} if self.cloud is not None else {}),
             **(self.service.stats() if self.service else {}),
             "nodes_marked_unknown": self.lifecycle.marked_unknown if self.lifecycle else 0,
             "pod_cidr_exhausted": self.ipam.exhausted if self.ipam else 0,

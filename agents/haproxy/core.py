@@ -102,9 +102,13 @@ class CheckSpec:
     inter: float
     rise: int = 2
     fall: int = 3
+    http: str | None = None  # "option httpchk GET <path>": a 2xx/3xx answer passes (L7OK), else L7STS
 
     def to_json(self) -> dict[str, Any]:
-        return {"inter": self.inter, "rise": self.rise, "fall": self.fall}
+        out: dict[str, Any] = {"inter": self.inter, "rise": self.rise, "fall": self.fall}
+        if self.http is not None:
+            out["http"] = self.http
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,14 +119,18 @@ class ServerSpec:
     weight: int = 1
     check: bool = True
     send_proxy_v2: bool = False
+    check_port: int | None = None  # "check port N": health-check this port instead of ``port``
 
     @property
     def addr(self) -> str:
         return _hostport(self.address, self.port)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address, "port": self.port, "weight": self.weight,
-                "check": self.check, "send_proxy_v2": self.send_proxy_v2}
+        out: dict[str, Any] = {"name": self.name, "address": self.address, "port": self.port,
+                               "weight": self.weight, "check": self.check, "send_proxy_v2": self.send_proxy_v2}
+        if self.check_port is not None:
+            out["check_port"] = self.check_port
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,15 +288,20 @@ def _bind(value: Any, where: str) -> tuple[str, int]:
 
 
 def _parse_check(value: Any, where: str, defaults: Defaults) -> CheckSpec:
-    obj = _obj(value, where, ("inter", "rise", "fall"))
+    obj = _obj(value, where, ("inter", "rise", "fall", "http"))
     inter = parse_time(obj["inter"], f"{where}.inter") if "inter" in obj else defaults.inter
+    http = obj.get("http")
+    if http is not None and (not isinstance(http, str) or not http.startswith("/")):
+        raise LBConfigError(f"{where}.http: expected a path starting with '/', got {http!r}")
     return CheckSpec(inter=inter, rise=_int(obj, "rise", where, 2, 1, 1000),
-                     fall=_int(obj, "fall", where, 3, 1, 1000))
+                     fall=_int(obj, "fall", where, 3, 1, 1000), http=http)
 
 
 def _parse_server(value: Any, where: str) -> ServerSpec:
-    obj = _obj(value, where, ("name", "address", "port", "weight", "check", "send_proxy_v2"))
+    obj = _obj(value, where, ("name", "address", "port", "weight", "check", "send_proxy_v2", "check_port"))
+    check_port = obj.get("check_port")
     return ServerSpec(
+        check_port=None if check_port is None else _port(check_port, f"{where}.check_port"),
         name=_name(obj, where), address=_ip(obj.get("address"), f"{where}.address"),
         port=_port(obj.get("port"), f"{where}.port"),
         weight=_int(obj, "weight", where, 1, 0, MAX_WEIGHT),
@@ -407,10 +420,14 @@ def render_cfg(config: LBConfig, *, header: str = "") -> str:
                   f"    default_backend {f.default_backend}"]
     for b in config.backends:
         lines += ["", f"backend {b.name}", f"    mode {b.mode}", f"    balance {b.balance}"]
+        if b.check.http is not None:
+            lines.append(f"    option httpchk GET {b.check.http}")
         for s in b.servers:
             words = [f"    server {s.name} {s.addr}"]
             if s.check:
                 words.append(f"check inter {format_time(b.check.inter)} rise {b.check.rise} fall {b.check.fall}")
+                if s.check_port is not None:
+                    words.append(f"port {s.check_port}")
             if s.weight != 1:
                 words.append(f"weight {s.weight}")
             if s.send_proxy_v2:
@@ -480,8 +497,10 @@ class Counters:
 CHECK_DESC = {
     "INI": "Initializing", "UNK": "Unknown", "SOCKERR": "Socket error",
     "L4OK": "Layer4 check passed", "L4TOUT": "Layer4 timeout", "L4CON": "Layer4 connection problem",
+    "L7OK": "Layer7 check passed", "L7TOUT": "Layer7 timeout", "L7RSP": "Layer7 invalid response",
+    "L7STS": "Layer7 wrong status",
 }
-FAILED = frozenset({"SOCKERR", "L4TOUT", "L4CON"})
+FAILED = frozenset({"SOCKERR", "L4TOUT", "L4CON", "L7TOUT", "L7RSP", "L7STS"})
 
 
 class HealthCheck:

@@ -168,7 +168,10 @@ class TcpProxy:
         while True:
             inter = backend.spec.check.inter
             start = self.clock()
-            status, info = await self._probe(server.spec.address, server.spec.port, inter)
+            port = server.spec.check_port or server.spec.port
+            http = backend.spec.check.http
+            status, info = await (self._probe(server.spec.address, port, inter) if http is None
+                                  else self._probe_http(server.spec.address, port, http, inter))
             now = self.clock()
             if backend.report_check(server, status, now, now - start, info):
                 self._log_change(backend, server, status, info, now - start)
@@ -188,6 +191,32 @@ class TcpProxy:
             return "SOCKERR", str(exc)
         writer.transport.abort()  # the handshake was the check; reset, as HAProxy does
         return "L4OK", ""
+
+    async def _probe_http(self, address: str, port: int, path: str, timeout: float) -> tuple[str, str]:
+        """``option httpchk GET path``: a 2xx/3xx status line passes (``L7OK``), another
+        status fails (``L7STS``), as kube-proxy's healthCheckNodePort expects (200 / 503)."""
+        writer = None
+        try:
+            async with asyncio.timeout(timeout * 1.5 + 0.05):
+                reader, writer = await self.net.open_connection(address, port, timeout=timeout)
+                writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+                await writer.drain()
+                line = await reader.readline()
+        except TimeoutError:
+            return ("L7TOUT" if writer is not None else "L4TOUT"), ""
+        except OSError as exc:
+            return "L4CON", exc.strerror or os.strerror(exc.errno or errno.EIO)
+        except Exception as exc:  # a bug below must not kill the check loop
+            log.exception("http check of %s:%d failed oddly", address, port)
+            return "SOCKERR", str(exc)
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+        parts = line.decode("latin-1").split()
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            return "L7RSP", line.decode("latin-1").strip()[:60]
+        code = int(parts[1])
+        return ("L7OK" if 200 <= code < 400 else "L7STS"), " ".join(parts[1:])
 
     def _log_change(self, backend: Backend, server: Server, status: str, info: str, duration: float) -> None:
         """HAProxy's own words for a state change (its log line, without the syslog prefix)."""

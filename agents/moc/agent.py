@@ -37,6 +37,7 @@ from agents.dns.datacenter import StaticZone, StaticZoneError
 from agents.mgmt import MgmtError, RemoteError
 from agents.timers import Timers
 
+from . import lbservices as LBS
 from . import pools as P
 from .store import ClusterRow, LbRecord, NodePoolRow, Store, VipRow, VmRecord
 
@@ -52,6 +53,9 @@ HA_TRIES = 5  # failed restarts of one VM before MOC gives up (and says so in `s
 NODE_DELETE_RETRY_MAX = 5.0  # seconds between attempts to delete a removed node's Node object
 PENDING_NODE_DELETIONS = "pending_node_deletions"  # meta key: [[cluster, node], ...]
 ROLES = ("apiserver", "haproxy", "node", "client")
+SERVICE_LBS = "service_lbs"  # meta key: {key: {"request": ensure document, "vip": ip}}
+CLOUDAGENT_PORT = 55000  # the API server VM's cloud provider reaches MOC here (emulated network)
+SERVICE_PROGRAM_WAIT = 5.0  # ensure: how long to wait for the LB VM to take the new config
 
 
 class HostAgentApi(Protocol):
@@ -83,7 +87,7 @@ class CloudAgent:
 
     VERBS = ("status", "network_create", "network_get", "cluster_create", "cluster_get", "cluster_delete",
              "nodepool_create", "nodepool_scale", "nodepool_delete", "client_create", "vm_list", "vm_stop",
-             "vm_start", "loadbalancers", "networkinterfaces", "wait_ready")
+             "vm_start", "loadbalancers", "networkinterfaces", "wait_ready", "lb_ensure", "lb_delete")
 
     def __init__(self, *, store: Store, hostagent: HostAgentApi, timers: Timers, run_dir: str,
                  broker: str, lb_programmer: LbProgrammer | None = None,
@@ -109,6 +113,8 @@ class CloudAgent:
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._programming: dict[str, asyncio.Task[None]] = {}
         self._programmed: dict[str, asyncio.Event] = {}  # LB name -> set once its VIP is served
+        self.service_lbs: dict[str, tuple[LBS.ServiceLb, str]] = {}  # cluster/ns/name -> (request, VIP)
+        self.cloudagent_address: str | None = None  # "IP:55000" for the control-plane VMs' config
         self._tasks: set[asyncio.Task[None]] = set()
         self._hostagent_pid: int | None = None
         self.handlers: dict[str, mgmt.Handler] = {verb: getattr(self, verb) for verb in self.VERBS}
@@ -140,6 +146,17 @@ class CloudAgent:
                 pool.take(ipaddress.ip_address(vip.ip), vip.cluster, vip.holder, vip.port)
         for lb in self.store.lbs():
             self.lbs[lb.name] = lb
+        for key, row in (self.store.get_meta(SERVICE_LBS, {}) or {}).items():
+            try:
+                svc = LBS.parse_ensure(row["request"])
+                pool = self.ipam.get(self.clusters[svc.cluster].spec.vnet).vip
+                if pool is not None:
+                    pool.allocate_service(svc.cluster, svc.holder, [p.port for p in svc.ports],
+                                          ip=ipaddress.ip_address(row["vip"]))
+            except (P.PoolError, KeyError) as exc:
+                log.warning("stored load balancer %s dropped: %s", key, exc)
+                continue
+            self.service_lbs[key] = (svc, str(row["vip"]))
 
     async def start(self) -> None:
         """Load state, learn which host agent this is, reconcile, start the watchers."""
@@ -431,6 +448,7 @@ class CloudAgent:
                 ip = self.ipam.allocate_node_ip(spec.vnet, spec.name, name)
                 vms.append(self._vm_config(name=name, role="apiserver", net=net, ip=ip, extra={
                     "cluster": spec.name, "pool": "control-plane", "vip": vip,
+                    **({"moc": self.cloudagent_address} if self.cloudagent_address else {}),
                     "state_dir": f"{self.run_dir}/clusters/{spec.name}", "kube_vip": not spec.has_lb_vm}))
             if spec.has_lb_vm:
                 name = f"{spec.name}-lb"
@@ -473,6 +491,112 @@ class CloudAgent:
                               "check": {"inter": self.timers.haproxy_check_inter, "rise": 2, "fall": 3},
                               "servers": servers}]}
 
+    def _cluster_lb_doc(self, lb: LbRecord) -> dict[str, Any]:
+        """The API server frontend plus one frontend per LoadBalancer Service VIP:port."""
+        doc = self._lb_doc(lb.vip, [v for v in self.vms.values() if v.cluster == lb.cluster
+                                    and v.kind == "apiserver"])
+        services = [sv for sv in self.service_lbs.values() if sv[0].cluster == lb.cluster]
+        if not services:
+            return doc
+        nodes = [(v.name, v.ips[0]) for v in self.vms.values()
+                 if v.cluster == lb.cluster and v.kind == "node" and v.ips and v.desired == "running"]
+        vips, frontends, backends = LBS.service_parts(services, nodes, doc["backends"][0]["check"])
+        return {"vips": doc["vips"] + [v for v in vips if v not in doc["vips"]],
+                "frontends": doc["frontends"] + frontends, "backends": doc["backends"] + backends}
+
+    # --- LoadBalancer Services (the cloud provider's requests) ------------------------------
+
+    def _save_service_lbs(self) -> None:
+        self.store.set_meta(SERVICE_LBS, {k: {"request": svc.doc(), "vip": vip}
+                                          for k, (svc, vip) in self.service_lbs.items()})
+
+    def _cluster_lb(self, cluster: str) -> LbRecord | None:
+        return next((lb for lb in self.lbs.values() if lb.cluster == cluster and lb.lb_vm is not None), None)
+
+    async def lb_ensure(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Allocate (or keep) a Service's VIP, program the cluster's LB VM, route it."""
+        try:
+            svc = LBS.parse_ensure(args)
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        state = self.clusters.get(svc.cluster)
+        if state is None:
+            raise MgmtError(f"cluster: no cluster named {svc.cluster}")
+        lb = self._cluster_lb(svc.cluster)
+        if lb is None:
+            raise MgmtError(f"cluster: {svc.cluster} has no HAProxy load balancer (loadBalancerSku none)")
+        net = self.ipam.get(state.spec.vnet)
+        if net.vip is None:
+            raise MgmtError(f"cluster: network {net.spec.name} has no VIP pool")
+        old = self.service_lbs.get(svc.key)
+        try:
+            vip = LBS.allocate(net.vip, svc, mode=net.spec.vip_allocation, pool_name=net.spec.name,
+                               others=[sv for sv in self.service_lbs.values()
+                                       if self.clusters.get(sv[0].cluster) is not None
+                                       and self.clusters[sv[0].cluster].spec.vnet == state.spec.vnet])
+        except P.PoolError as exc:
+            raise _err(exc) from None
+        self.service_lbs[svc.key] = (svc, vip)
+        self._save_service_lbs()
+        if old is not None and old[0].internal and (old[1] != vip or not svc.internal):
+            await self._unroute_internal(old[1])
+        if svc.internal:
+            await self._route_internal(vip, net)
+        if old is None or old != (svc, vip):
+            self._program(lb.name, reprogram=True)
+        programmed = await self._until_programmed(lb.name, SERVICE_PROGRAM_WAIT)
+        return {"vip": vip, "internal": svc.internal, "loadBalancer": lb.name, "programmed": programmed,
+                "network": net.spec.name}
+
+    async def lb_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = "/".join(str(args.get(k, "")) for k in ("cluster", "namespace", "name"))
+        entry = self.service_lbs.pop(key, None)
+        if entry is None:
+            return {"deleted": None}
+        svc, vip = entry
+        state = self.clusters.get(svc.cluster)
+        if state is not None:
+            pool = self.ipam.get(state.spec.vnet).vip
+            if pool is not None:
+                pool.release(svc.cluster, svc.holder)
+        self._save_service_lbs()
+        if svc.internal:
+            await self._unroute_internal(vip)
+        lb = self._cluster_lb(svc.cluster)
+        if lb is not None:
+            self._program(lb.name, reprogram=True)
+        return {"deleted": key, "vip": vip}
+
+    def _reprogram_services(self, cluster: str) -> None:
+        """Nodes came or went: the Services' backends change."""
+        lb = self._cluster_lb(cluster)
+        if lb is not None and any(svc.cluster == cluster for svc, _ in self.service_lbs.values()):
+            self._program(lb.name, reprogram=True)
+
+    def _external_networks(self) -> list[str]:
+        return [n.segment for n in self.ipam.networks.values() if n.spec.external]
+
+    async def _route_internal(self, vip: str, net: P.NetworkPools) -> None:
+        """An internal VIP: the datacenter router must not route it from the external
+        network.  A /32 route for the external networks' own traffic points back into the
+        external network, where nobody holds the VIP: a counted no-route drop."""
+        if self.broker_api is None:
+            return
+        for ext in self._external_networks():
+            try:
+                await self.broker_api.call("add_route", {"prefix": f"{vip}/32", "network": ext, "sources": [ext]},
+                                           timeout=CALL_MARGIN)
+            except RemoteError as exc:
+                log.warning("internal VIP %s: route from %s not restricted: %s", vip, ext, exc)
+
+    async def _unroute_internal(self, vip: str) -> None:
+        if self.broker_api is None or any(v == vip and s.internal for s, v in self.service_lbs.values()):
+            return
+        for ext in self._external_networks():
+            with contextlib.suppress(RemoteError, TimeoutError):
+                await self.broker_api.call("remove_route", {"prefix": f"{vip}/32", "network": ext},
+                                           timeout=CALL_MARGIN)
+
     def _drop_cluster(self, name: str) -> None:
         """Forget a cluster, free its addresses and delete its VMs' disks (the caller removed
         the VMs): a cluster created again under this name starts from an empty store."""
@@ -486,6 +610,9 @@ class CloudAgent:
             if task is not None:
                 task.cancel()
         self.ipam.release_cluster(name)
+        for key in [k for k, (svc, _) in self.service_lbs.items() if svc.cluster == name]:
+            del self.service_lbs[key]
+        self._save_service_lbs()
         self.store.delete_cluster(name)
         self._set_pending_node_deletions(name, [n for c, n in self._pending_node_deletions() if c == name],
                                          pending=False)
@@ -583,6 +710,7 @@ class CloudAgent:
             self._forget_vm(vm)
         self.ipam.shrink(spec.name, spec.vnet, len(removed))
         self._set_count(state, pool, count)
+        self._reprogram_services(spec.name)
         await self._delete_nodes(spec.name, removed)
         return {"cluster": spec.name, "name": name, "nodeCount": count, "added": [], "removed": removed}
 
@@ -611,6 +739,7 @@ class CloudAgent:
             self.ipam.shrink(spec.name, spec.vnet, more)
             self._set_count(state, pool, len(current))
             raise MgmtError(f"{pool.name}: {failures[0]}")
+        self._reprogram_services(spec.name)
         return [vm.name for vm in new]
 
     def _set_count(self, state: ClusterState, pool: P.NodePoolSpec, count: int) -> None:
@@ -875,8 +1004,7 @@ class CloudAgent:
             vm = self.vms.get(lb.lb_vm) if lb is not None and lb.lb_vm else None
             if lb is None or vm is None:
                 return
-            doc = self._lb_doc(lb.vip, [v for v in self.vms.values() if v.cluster == lb.cluster
-                                        and v.kind == "apiserver"])
+            doc = self._cluster_lb_doc(lb)
             if doc != lb.config:  # a control plane's lease learned or changed
                 lb = replace(lb, config=doc)
                 self.lbs[name] = lb
@@ -967,6 +1095,9 @@ class CloudAgent:
     def _lb_rows(self) -> list[dict[str, Any]]:
         return [{"name": lb.name, "cluster": lb.cluster, "network": lb.network, "sku": lb.sku,
                  "vip": lb.vip, "lbVm": lb.lb_vm, "programmed": lb.programmed,
+                 "services": [{"service": svc.holder, "vip": vip, "ports": [p.port for p in svc.ports],
+                               "internal": svc.internal} for svc, vip in self.service_lbs.values()
+                              if svc.cluster == lb.cluster],
                  "frontends": lb.config.get("frontends", []), "backends": lb.config.get("backends", [])}
                 for lb in self.lbs.values()]
 

@@ -84,8 +84,12 @@ VIP_KEYS = ("vipPoolStart", "vipPoolEnd", "VIP pool")
 
 NETWORK_KEYS = frozenset({
     "name", "vswitchName", "vlanID", "ipAddressPrefix", "gateway", "dnsServers",
-    *NODE_KEYS[:2], *DHCP_KEYS[:2], *VIP_KEYS[:2], "mtu", "external",
+    *NODE_KEYS[:2], *DHCP_KEYS[:2], *VIP_KEYS[:2], "mtu", "external", "vipAllocation",
 })
+# How Service VIPs are handed out on a network (an emulator option, not a product parameter):
+# ``shared-ports`` as shipped (per IP-and-port: two clusters whose Services use different ports
+# get the same VIP -- the known issue), ``exclusive`` a fixed product (an IP belongs to one cluster).
+VIP_ALLOCATIONS = ("shared-ports", "exclusive")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +107,7 @@ class NetworkSpec:
     vip_pool: IpRange | None
     mtu: int = DEFAULT_MTU
     external: bool = False
+    vip_allocation: str = "shared-ports"
 
     @property
     def model(self) -> str:
@@ -125,6 +130,8 @@ class NetworkSpec:
             out["dnsServers"] = list(self.dns_servers)
         if self.external:
             out["external"] = True
+        if self.vip_allocation != "shared-ports":
+            out["vipAllocation"] = self.vip_allocation
         for (start_key, end_key, _), rng in self.pools():
             out[start_key], out[end_key] = str(rng.start), str(rng.end)
         return out
@@ -241,7 +248,7 @@ def parse_network(obj: Any, others: Iterable[NetworkSpec] = (),
     dns = _dns(obj, required=node is not None)
     spec = NetworkSpec(name=name, vswitch=vswitch, vlan_id=vlan, prefix=prefix, gateway=gateway,
                        dns_servers=dns, node_pool=node, dhcp_scope=dhcp, vip_pool=vip, mtu=mtu,
-                       external=external)
+                       external=external, vip_allocation=_vip_allocation(obj))
     _check_model(spec)
     for keys, rng in spec.pools():
         if gateway in rng:
@@ -252,6 +259,13 @@ def parse_network(obj: Any, others: Iterable[NetworkSpec] = (),
     for other in others:
         _check_against(spec, other)
     return spec
+
+
+def _vip_allocation(obj: Mapping[str, Any]) -> str:
+    value = obj.get("vipAllocation", "shared-ports")
+    if value not in VIP_ALLOCATIONS:
+        raise PoolError(f"vipAllocation: expected one of {', '.join(VIP_ALLOCATIONS)}, got {value!r}")
+    return str(value)
 
 
 def _dns(obj: Mapping[str, Any], *, required: bool) -> tuple[str, ...]:
@@ -680,6 +694,40 @@ class VipPool:
         if not self._fits(int(ip), port):
             raise PoolError(f"{holder}: VIP {ip} is already in use")
         self._uses.setdefault(int(ip), []).append(VipUse(cluster, holder, port))
+
+    def _fits_service(self, ip: int, cluster: str, holder: str, ports: Collection[int], exclusive: bool) -> bool:
+        uses = [u for u in self._uses.get(ip, []) if not (u.cluster == cluster and u.holder == holder)]
+        if exclusive and any(u.cluster != cluster for u in uses):
+            return False  # the exclusive allocator: an address belongs to one cluster
+        return all(u.port is not None and u.port not in ports for u in uses)
+
+    def allocate_service(self, cluster: str, holder: str, ports: Collection[int], *, exclusive: bool = False,
+                         ip: IPAddress | None = None, pool_name: str = "",
+                         avoid: Collection[IPAddress] = ()) -> IPAddress:
+        """A LoadBalancer Service's VIP: the lowest address whose ``(IP, port)`` mappings are
+        free for every port (as shipped), or, ``exclusive``, whose other users are all of
+        ``cluster``; ``ip`` (``spec.loadBalancerIP``) is taken if it fits, else refused.
+        Re-ensuring keeps the holder's current address when it still fits; ``avoid``: addresses
+        it must not share (an internal Service's with a public one's, and the reverse)."""
+        where = f"VIP pool {pool_name + ' ' if pool_name else ''}{self.range}"
+        current = [a for a, uses in self._uses.items() if any(u.cluster == cluster and u.holder == holder
+                                                                for u in uses)]
+        if ip is not None:
+            if ip not in self.range:
+                raise PoolError(f"loadBalancerIP: {ip} is outside the {where}")
+            candidates = [int(ip)]
+        else:
+            base = int(self.range.start)
+            candidates = current + [base + o for o in range(self.size) if base + o not in current]
+        for cand in candidates:
+            if self._fits_service(cand, cluster, holder, ports, exclusive) and ipaddress.ip_address(cand) not in avoid:
+                self.release(cluster, holder)
+                self._uses.setdefault(cand, []).extend(VipUse(cluster, holder, p) for p in sorted(set(ports)))
+                return ipaddress.ip_address(cand)
+        if ip is not None:
+            raise PoolError(f"loadBalancerIP: {ip} is already in use (ports {', '.join(map(str, sorted(ports)))})")
+        raise PoolError(f"{holder}: the {where} has no address with port(s) "
+                        f"{', '.join(map(str, sorted(ports)))} free left ({self.used} of {self.size} addresses in use)")
 
     def release(self, cluster: str, holder: str) -> None:
         for ip in list(self._uses):

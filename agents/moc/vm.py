@@ -84,11 +84,15 @@ class MocVM(VM):
             broker_api = mgmt.AsyncMgmtClient(raw["broker_mgmt"], context=self.ctx)
             self._clients.append(broker_api)
         reserved = {ip: "the cloud agent's address" for nic in self.config.nics for ip in nic.ips}
-        self.agent = CloudAgent(store=self.store, hostagent=hostagent, timers=self.timers,
+        agent = CloudAgent(store=self.store, hostagent=hostagent, timers=self.timers,
                                 run_dir=self.config.run_dir, broker=self.config.broker,
                                 lb_programmer=self._put_lbagent, broker_api=broker_api,
                                 kinds=raw.get("kinds", {}), reserved=reserved, node_deleter=self._delete_node)
-        await self.agent.start()
+        addresses = [ip for nic in self.config.nics for ip in nic.ips]
+        if addresses:
+            agent.cloudagent_address = f"{addresses[0]}:{CLOUDAGENT_PORT}"
+        self.agent = agent
+        await agent.start()
         from agents.vm.http import serve_http
 
         self._health = await serve_http(self, "0.0.0.0", CLOUDAGENT_PORT, self._healthz, name="cloudagent")
@@ -110,7 +114,34 @@ class MocVM(VM):
 
         if request.method == "GET" and request.path == "/healthz":
             return text_response("ok\n")
+        if request.path == "/v1/loadbalancers/ensure" and request.method == "POST":
+            return await self._lb_call("lb_ensure", request, None)
+        if request.path.startswith("/v1/loadbalancers/") and request.method == "DELETE":
+            parts = request.path.split("/")[3:]
+            if len(parts) == 3 and all(parts):
+                args = dict(zip(("cluster", "namespace", "name"), parts, strict=True))
+                return await self._lb_call("lb_delete", request, args)
         return json_response({"error": f"path: no route {request.method} {request.path}"}, 404)
+
+    async def _lb_call(self, verb: str, request: Any, args: dict[str, Any] | None) -> Any:
+        """The cloud provider's load-balancer requests: 200 with the result, 400 with
+        ``{"error": one line naming the field}`` (pool exhausted, loadBalancerIP taken...)."""
+        from agents.vm.http import json_response
+
+        if self.agent is None:
+            return json_response({"error": "moc: the cloud agent is still starting"}, 503)
+        if args is None:
+            try:
+                args = json.loads(request.body or b"{}")
+            except ValueError:
+                return json_response({"error": "body: not JSON"}, 400)
+            if not isinstance(args, dict):
+                return json_response({"error": "body: expected a JSON object"}, 400)
+        try:
+            result = await getattr(self.agent, verb)(args)
+        except MgmtError as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response(result)
 
     async def _put_lbagent(self, ip: str, doc: dict[str, Any]) -> None:
         """``PUT /v1/config`` to the lbagent at ``ip``:46000 over the emulated network."""

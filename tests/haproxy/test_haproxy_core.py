@@ -261,7 +261,7 @@ def test_health_state_machine_like_haproxy() -> None:
     hc.report("L4TOUT", 26.0)
     assert not hc.up and hc.chkdown == 2 and hc.downtime(30.0) == pytest.approx(6.0 + 4.0)
     with pytest.raises(ValueError, match="status: not a check result"):
-        hc.report("L7OK", 30.0)
+        hc.report("L6OK", 30.0)  # L7OK is one since httpchk
 
 
 def test_a_new_server_falls_at_its_first_failure() -> None:

@@ -85,7 +85,8 @@ def test_a_static_and_a_dhcp_network_parse_and_round_trip() -> None:
     ({"name": "Aks_Net"}, "name: 'Aks_Net' is not a network name (lower-case letters, digits and '-')"),
     ({"name": None}, "name: required, lower-case letters, digits and '-'"),
     ({"vipPool": "x"}, "vipPool: unknown key (known: dhcpScopeEnd, dhcpScopeStart, dnsServers, external, gateway, "
-                       "ipAddressPrefix, k8sNodeIpPoolEnd, k8sNodeIpPoolStart, mtu, name, vipPoolEnd, vipPoolStart, "
+                       "ipAddressPrefix, k8sNodeIpPoolEnd, k8sNodeIpPoolStart, mtu, name, vipAllocation, "
+                       "vipPoolEnd, vipPoolStart, "
                        "vlanID, vswitchName)"),
 ])
 def test_static_network_rules(changes: dict[str, Any], message: str) -> None:

@@ -1,0 +1,207 @@
+"""Step 4's core path through the real processes: a ``type: LoadBalancer`` Service gets a VIP
+from its cluster network's pool (the cloud provider in the API server VM asks MOC over the
+emulated network) and the cluster's HAProxy VM serves it, spreading connections over the
+nodes' NodePorts; an internal load balancer is reachable from the datacenter but not from
+the external network (a no-route drop at the datacenter router).
+
+One deployment of the default scenario's shape (two Linux nodes, ``client-dc`` on
+``aks-net``, ``client-ext`` on ``internet``), ``time_scale`` 0.05.  Every wait is a
+condition polled against a deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from integration_support import plain, wait_for
+from test_pod_network import AGNHOST, CLUSTER, SCENARIO, Cluster, pod_ready
+
+from agents import mgmt
+from scenarios import runner, schema
+
+TIME_SCALE = 0.05
+SETTLE = 40.0
+NS = "lbtest"
+POOL = (ipaddress.IPv4Address("172.16.0.150"), ipaddress.IPv4Address("172.16.0.199"))
+LB_VM = f"{CLUSTER}-lb"
+NODES = (f"{CLUSTER}-linux-0", f"{CLUSTER}-linux-1")
+
+MANIFESTS = f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NS}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+        - name: netexec
+          image: {AGNHOST}
+          args: [netexec, --http-port=8080]
+          ports: [{{containerPort: 8080}}]
+          readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-lb, namespace: {NS}}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-int
+  namespace: {NS}
+  annotations: {{service.beta.kubernetes.io/azure-load-balancer-internal: "true"}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: solo, namespace: {NS}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: solo}}}}
+  template:
+    metadata: {{labels: {{app: solo}}}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {NODES[0]}}}
+      containers:
+        - name: netexec
+          image: {AGNHOST}
+          args: [netexec, --http-port=8080]
+          ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: solo-local, namespace: {NS}}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {{app: solo}}
+  ports: [{{port: 8080, targetPort: 8080}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def deployment(state_dir: Path) -> Iterator[tuple[Cluster, str]]:
+    name = "lbcore"
+    scenario = schema.loads(SCENARIO.format(name=name, cluster=CLUSTER, plugin="calico", time_scale=TIME_SCALE))
+    dep = trio.run(partial(runner.up, scenario, name, out=io.StringIO()))
+    try:
+        yield Cluster("calico", name, dep.hostagent.mgmt), str(dep.broker["mgmt"])
+    finally:
+        trio.run(partial(runner.down, name, out=io.StringIO()))
+
+
+def ingress_ip(c: Cluster, name: str) -> str | None:
+    svc = c.ok("GET", f"/api/v1/namespaces/{NS}/services/{name}")
+    ing = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return str(ing[0]["ip"]) if ing else None
+
+
+@pytest.fixture(scope="module")
+def vips(deployment: tuple[Cluster, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    c, _ = deployment
+    path = tmp_path_factory.mktemp("lb") / "lb.yaml"
+    path.write_text(MANIFESTS)
+    rc, out, err = c.hcinet("apply", "-f", str(path))
+    assert rc == 0 and "service/web-lb created" in out, (out, err)
+    wait_for(lambda: len([p for p in c.pods(ns=NS) if pod_ready(p)]) == 5 or None, SETTLE, "5 pods Ready")
+    got: dict[str, str] = {}
+    for name in ("web-lb", "web-int", "solo-local"):
+        got[name] = wait_for(partial(ingress_ip, c, name), SETTLE, f"{name}'s EXTERNAL-IP")
+    return got
+
+
+def curl(c: Cluster, vm: str, url: str, m: float = 2.0) -> tuple[int, str, str]:
+    return c.vm_exec(vm, "curl", "-s", "-S", "-m", f"{m:g}", url)
+
+
+def test_get_svc_shows_an_external_ip_from_the_vip_pool(deployment: tuple[Cluster, str], vips: dict[str, str]) -> None:
+    c, _ = deployment
+    for vip in vips.values():
+        assert POOL[0] <= ipaddress.IPv4Address(vip) <= POOL[1], vips
+    assert vips["web-lb"] != vips["web-int"]  # both on port 80: one (IP, port) mapping each
+    assert vips["solo-local"] == vips["web-lb"]  # port 8080 of the same cluster: the VIP is shared
+    rc, out, _ = c.hcinet("get", "svc", "-n", NS)
+    assert rc == 0
+    row = next(line.split() for line in out.splitlines() if line.startswith("web-lb "))
+    assert row[1] == "LoadBalancer" and row[3] == vips["web-lb"], out
+    events = c.ok("GET", f"/api/v1/namespaces/{NS}/events")["items"]
+    assert any(e["reason"] == "EnsuredLoadBalancer" and e["involvedObject"]["name"] == "web-lb" for e in events)
+
+
+def test_external_client_reaches_the_public_vip_and_traffic_spreads_over_nodes(
+        deployment: tuple[Cluster, str], vips: dict[str, str]) -> None:
+    c, _ = deployment
+    vip = vips["web-lb"]
+    pods = {p["metadata"]["name"] for p in c.pods(ns=NS) if p["metadata"]["name"].startswith("web-")}
+    wait_for(lambda: curl(c, "client-ext", f"http://{vip}/hostname")[0] == 0 or None, SETTLE, "the VIP answering")
+    got: Counter[str] = Counter()
+    for _ in range(16):
+        rc, out, err = curl(c, "client-ext", f"http://{vip}/hostname")
+        assert rc == 0, err
+        got[out.strip()] += 1
+    assert set(got) <= pods and len(got) > 1, got
+    rows = plain(c.vm(LB_VM, "lb_stats"))["rows"]
+    servers = {r["svname"]: int(r["lbtot"]) for r in rows
+               if r["pxname"] == f"{NS}.web-lb.80" and r["svname"] not in ("FRONTEND", "BACKEND")}
+    assert set(servers) == set(NODES) and all(n >= 4 for n in servers.values()), servers  # roundrobin
+
+
+def test_internal_vip_reachable_from_the_datacenter_not_from_outside(
+        deployment: tuple[Cluster, str], vips: dict[str, str]) -> None:
+    c, broker = deployment
+    vip = vips["web-int"]
+    wait_for(lambda: curl(c, "client-dc", f"http://{vip}/hostname")[0] == 0 or None, SETTLE, "internal VIP from dc")
+
+    def drops() -> int:
+        return int(plain(mgmt.call(broker, "stats", {}, 10.0))["nics"]["client-ext/eth0"]["drops"]["no_route"])
+
+    before = drops()
+    rc, out, err = curl(c, "client-ext", f"http://{vip}/hostname", m=1.0)
+    assert rc != 0 and ("timed out" in err.lower() or "timeout" in err.lower()), (rc, out, err)
+    assert drops() > before
+
+
+def server_rows(c: Cluster, backend: str) -> dict[str, dict[str, str]]:
+    rows = plain(c.vm(LB_VM, "lb_stats"))["rows"]
+    return {r["svname"]: r for r in rows if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")}
+
+
+def test_local_policy_checks_the_health_check_node_port_and_skips_nodes_without_endpoints(
+        deployment: tuple[Cluster, str], vips: dict[str, str]) -> None:
+    c, _ = deployment
+    backend = f"{NS}.solo-local.8080"
+    hc = c.ok("GET", f"/api/v1/namespaces/{NS}/services/solo-local")["spec"]["healthCheckNodePort"]
+    cfg = plain(c.vm(LB_VM, "lb_config"))["cfg"]
+    assert "option httpchk GET /healthz" in cfg and f"port {hc}" in cfg, cfg
+    def settled() -> dict[str, dict[str, str]] | None:
+        r = server_rows(c, backend)
+        ok = r and r[NODES[1]]["status"] == "DOWN" and r[NODES[0]]["status"] == "UP"
+        return r if ok else None
+
+    rows = wait_for(settled, SETTLE, "the node without endpoints DOWN")
+    assert rows[NODES[1]]["check_status"] == "L7STS" and rows[NODES[0]]["check_status"] == "L7OK", rows
+    for _ in range(6):
+        rc, out, err = curl(c, "client-ext", f"http://{vips['solo-local']}:8080/hostname")
+        assert rc == 0 and out.strip().startswith("solo-"), err
+    assert int(server_rows(c, backend)[NODES[1]]["lbtot"]) == 0
