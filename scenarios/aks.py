@@ -555,6 +555,9 @@ def add_parsers(sub: Any) -> None:
     from scenarios import manifests  # apply, delete, describe
 
     manifests.add_parsers(sub)
+    from scenarios import lb as lb_cli  # lb show, moc get
+
+    lb_cli.add_parsers(sub)
 
     net = group(sub, "network", "AKS network objects (New/Get-AksHciClusterNetwork)",
                 "Network objects of MOC: a subnet with a node IP pool (static IP model) or a DHCP scope\n"

@@ -216,6 +216,10 @@ async def cmd_status(ns: argparse.Namespace) -> int:
     vms = merged_vms(rows, state, moc)
     health = await _cluster_health(rows, moc)
     warnings = _warnings(vms, moc, stats, health)
+    if getattr(ns, "output", "table") != "table":  # the table prints its warnings; a document keeps stdout clean
+        for w in warnings:  # the shared-network duplicate VIP (MOC's status) on stderr too
+            if w.startswith("VIP ") and " is used by load balancers of clusters " in w:
+                sys.stderr.write(f"warning: {w}\n")
     doc = {"deployment": rd.deployment, "run_dir": str(rd.path), "hostagent": {"pid": agent.pid, "mgmt": agent.mgmt},
            "scenario": (state.get("scenario") or {}).get("name"), "source": state.get("source"),
            "hosts": [_host_row(agent, rows)], "processes": rows, "vms": vms,

@@ -1074,8 +1074,10 @@ class CloudAgent:
                 warnings.append(f"{row['name']}: {row['state']} (desired running)")
         warnings += self._dns_warnings()
         warnings += [f"{name}: HA gave up: {why}" for name, why in self.ha_failures.items()]
+        lb_rows = self._lb_rows()
+        warnings += duplicate_vip_warnings(lb_rows)
         return {"networks": self.ipam.usage(), "clusters": [self._cluster_row(c) for c in self.clusters.values()],
-                "vms": vms, "loadbalancers": self._lb_rows(), "warnings": warnings,
+                "vms": vms, "loadbalancers": lb_rows, "warnings": warnings,
                 "ha": {"restart_delay_s": self.timers.ha_restart_delay, "restarts": self.ha_restarts,
                        "pending": sorted(n for n, t in self._restarts.items() if not t.done()),
                        "event_cursor": self.events_seen}}
@@ -1132,6 +1134,35 @@ class CloudAgent:
                 raise MgmtError(f"timeout_s: not ready within {timeout:g} s, waiting for {', '.join(waiting[:5])}"
                                 + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""))
             await asyncio.sleep(0.05)
+
+
+def duplicate_vip_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per VIP that load balancers of two or more clusters hold on one network (rows as
+    the ``loadbalancers`` verb gives them): the known issue of clusters sharing an
+    ``AksHciClusterNetwork`` whose Services use different ports (see FACTS.md)."""
+    holders: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        network, cluster = str(row.get("network") or ""), str(row.get("cluster") or "")
+        vips = {str(row["vip"])} if row.get("vip") else set()
+        vips |= {str(s["vip"]) for s in row.get("services") or [] if isinstance(s, Mapping) and s.get("vip")}
+        for vip in vips:
+            holders.setdefault((network, vip), set()).add(cluster)
+    out = []
+    for (network, vip), clusters in sorted(holders.items(), key=lambda kv: (kv[0][0], _ip_key(kv[0][1]))):
+        if len(clusters) > 1:
+            names = sorted(clusters)
+            who = ", ".join(names[:-1]) + " and " + names[-1]
+            out.append(f"VIP {vip} is used by load balancers of clusters {who} on network {network} (known issue: "
+                       "clusters sharing an AksHciClusterNetwork with workloads on different ports); redeploy on "
+                       "the same port or give each cluster its own network")
+    return out
+
+
+def _ip_key(text: str) -> tuple[int, str]:
+    try:
+        return int(ipaddress.ip_address(text)), text
+    except ValueError:
+        return -1, text
 
 
 def _dns_keys(args: Mapping[str, Any], kind: str, ip: P.IPAddress | None) -> dict[str, Any]:
