@@ -175,8 +175,10 @@ def test_retries_until_the_api_server_answers_then_reposts_ready() -> None:
     async def scenario(node: AsyncStack, api_vm: AsyncStack, api: FakeApi) -> None:
         kubelet = kubelet_on(node)
         kubelet.start()  # nobody listens on :6443 yet: connection refused, again and again
-        await asyncio.sleep(0.3)
-        assert not kubelet.registered.is_set() and kubelet.counts["register_attempts"] >= 2
+        async with asyncio.timeout(5):
+            while kubelet.counts["register_attempts"] < 2:
+                await asyncio.sleep(0.01)
+        assert not kubelet.registered.is_set()
         assert "ConnectionRefusedError" in kubelet.last_error
         api.down = True
         server = await serve_http(api_vm, "0.0.0.0", 6443, api.handle)
