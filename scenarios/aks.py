@@ -166,19 +166,6 @@ async def cluster_api(ns: argparse.Namespace) -> Callable[[str, str, Mapping[str
     return call
 
 
-class ApiError(cli.CliError):
-    """A Kubernetes ``Status`` failure, worded as kubectl prints it."""
-
-
-async def api_get(ns: argparse.Namespace, cluster: str, path: str) -> Any:
-    status, body = await runner.api(await apiserver_endpoint(ns, cluster), "GET", path)
-    if status >= 400:
-        if isinstance(body, dict):
-            raise ApiError(f"Error from server ({body.get('reason') or status}): {body.get('message') or body}")
-        raise ApiError(f"Error from server ({status}): {body}")
-    return body
-
-
 # --- get --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
