@@ -10,43 +10,24 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from hostagent_support import call, until
 
 from agents import mgmt, triozmq
 from scenarios import rundir, runner
 
-FAKE = Path(__file__).with_name("fake_child.py")
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 15.0
 
 
-@pytest.fixture
-def rd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> rundir.RunDir:
-    monkeypatch.setenv("HCINET_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("HCINET_VM_COMMAND", f"{sys.executable} {FAKE} vm")
-    monkeypatch.setenv("HCINET_BROKER_COMMAND", f"{sys.executable} {FAKE} broker")
-    return rundir.for_deployment("t")
 
 
-@pytest.fixture
-async def agent(rd: rundir.RunDir) -> AsyncIterator[rundir.AgentInfo]:
-    info = await rundir.start_hostagent(rd)
-    try:
-        yield info
-    finally:
-        with trio.CancelScope(shield=True):
-            await runner.down(rd.deployment, out=open(os.devnull, "w"))
 
 
-async def call(agent: rundir.AgentInfo, verb: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    async with triozmq.TrioMgmtClient(agent.mgmt) as client:
-        return await client.call(verb, args or {}, timeout=timeout)
 
 
 def vm_config(name: str, fake: str = "ready") -> dict[str, Any]:
@@ -55,12 +36,6 @@ def vm_config(name: str, fake: str = "ready") -> dict[str, Any]:
                       "addresses": ["172.16.0.10/24"], "gateway": "172.16.0.1", "mtu": 1500}]}
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
-    """Wait for ``check()`` to return something truthy (a condition with a deadline)."""
-    with trio.fail_after(timeout):
-        while not (result := await check()):
-            await trio.sleep(0.02)
-    return result
 
 
 def row(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:

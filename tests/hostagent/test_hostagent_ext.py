@@ -4,44 +4,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
+from hostagent_support import call, until
 
-from agents import mgmt, triozmq
-from scenarios import rundir, runner
-
-FAKE = Path(__file__).resolve().parents[1] / "hostagent" / "fake_child.py"
-T = TypeVar("T")
-
-
-@pytest.fixture
-def rd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> rundir.RunDir:
-    monkeypatch.setenv("HCINET_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("HCINET_VM_COMMAND", f"{sys.executable} {FAKE} vm")
-    monkeypatch.setenv("HCINET_BROKER_COMMAND", f"{sys.executable} {FAKE} broker")
-    return rundir.for_deployment("ext")
-
-
-@pytest.fixture
-async def agent(rd: rundir.RunDir) -> AsyncIterator[rundir.AgentInfo]:
-    info = await rundir.start_hostagent(rd)
-    try:
-        yield info
-    finally:
-        with trio.CancelScope(shield=True):
-            await runner.down(rd.deployment, out=open(os.devnull, "w"))
-
-
-async def call(agent: rundir.AgentInfo, verb: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    async with triozmq.TrioMgmtClient(agent.mgmt) as client:
-        return await client.call(verb, args or {}, timeout=timeout)
+from agents import mgmt
+from scenarios import rundir
 
 
 def config(name: str) -> dict[str, Any]:
@@ -50,11 +21,6 @@ def config(name: str) -> dict[str, Any]:
                       "addresses": ["172.16.0.5/24"], "gateway": "172.16.0.1", "mtu": 1500}]}
 
 
-async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 5.0) -> T:
-    with trio.fail_after(timeout):
-        while not (result := await check()):
-            await trio.sleep(0.02)
-    return result
 
 
 async def test_events_long_poll_from_a_cursor(agent: rundir.AgentInfo) -> None:
