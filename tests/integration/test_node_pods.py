@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 import trio
-from integration_support import plain, wait_for
+from integration_support import DeploymentHandles, wait_for
 
-from agents import mgmt
 from scenarios import runner, schema
 
 SETTLE = 20.0
@@ -60,25 +59,9 @@ clusters:
 
 
 
-class Deployment:
+class Deployment(DeploymentHandles):
     def __init__(self, hostagent: str) -> None:
-        self.hostagent = hostagent
-
-    def vm(self, name: str, verb: str, args: dict[str, Any] | None = None, timeout: float = 20.0) -> Any:
-        rows = {r["name"]: r for r in mgmt.call(self.hostagent, "list", {}, 10.0)}
-        return plain(mgmt.call(rows[name]["mgmt"], verb, args or {}, timeout))
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        args: dict[str, Any] = {"method": method, "path": path}
-        if body is not None:
-            args["body"] = body
-        reply = self.vm(APISERVER, "api", args, 10.0)
-        return int(reply["status"]), reply["body"]
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, doc = self.api(method, path, body)
-        assert 200 <= status < 300, f"{method} {path}: {status} {doc}"
-        return doc
+        super().__init__(hostagent, APISERVER)
 
     def create_pod(self, name: str, node: str, container: dict[str, Any], app: str = "") -> None:
         self.ok("POST", "/api/v1/namespaces/default/pods", {

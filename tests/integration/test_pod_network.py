@@ -31,9 +31,8 @@ from typing import Any
 
 import pytest
 import trio
-from integration_support import plain, wait_for
+from integration_support import DeploymentHandles, wait_for
 
-from agents import mgmt
 from agents.timers import Timers
 from scenarios import cli, runner, schema
 
@@ -228,32 +227,13 @@ def pod_ready(pod: dict[str, Any]) -> bool:
                 and not (pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
-class Cluster:
-    """Handles on one running deployment, looked up through its host agent (a restarted VM
-    binds a new management endpoint, so every call looks it up afresh)."""
+class Cluster(DeploymentHandles):
+    """One plugin's deployment: the handles plus the user's commands (hcinet ... --deployment)."""
 
     def __init__(self, plugin: str, deployment: str, hostagent: str) -> None:
+        super().__init__(hostagent, APISERVER)
         self.plugin = plugin
         self.deployment = deployment
-        self.hostagent = hostagent
-
-    # -- management plane --
-
-    def vm(self, name: str, verb: str, args: dict[str, Any] | None = None, timeout: float = 20.0) -> Any:
-        rows = {r["name"]: r for r in mgmt.call(self.hostagent, "list", {}, 10.0)}
-        return plain(mgmt.call(rows[name]["mgmt"], verb, args or {}, timeout))
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        args: dict[str, Any] = {"method": method, "path": path}
-        if body is not None:
-            args["body"] = body
-        reply = self.vm(APISERVER, "api", args, 10.0)
-        return int(reply["status"]), reply["body"]
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, doc = self.api(method, path, body)
-        assert 200 <= status < 300, f"{method} {path}: {status} {doc}"
-        return doc
 
     def hcinet(self, *argv: str) -> tuple[int, str, str]:
         """A user command, as ``hcinet ARGV --deployment NAME`` runs it."""
