@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
+import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
@@ -97,6 +100,29 @@ spec:
   externalTrafficPolicy: Local
   selector: {{app: solo}}
   ports: [{{port: 8080, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-pp
+  namespace: {NS}
+  annotations: {{hcinet.io/proxy-protocol: v2}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{port: 81, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: solo-pp
+  namespace: {NS}
+  annotations: {{hcinet.io/proxy-protocol: v2}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {{app: solo}}
+  ports: [{{port: 8081, targetPort: 8080}}]
 """
 
 
@@ -126,7 +152,7 @@ def vips(deployment: tuple[Cluster, str], tmp_path_factory: pytest.TempPathFacto
     assert rc == 0 and "service/web-lb created" in out, (out, err)
     wait_for(lambda: len([p for p in c.pods(ns=NS) if pod_ready(p)]) == 5 or None, SETTLE, "5 pods Ready")
     got: dict[str, str] = {}
-    for name in ("web-lb", "web-int", "solo-local"):
+    for name in ("web-lb", "web-int", "solo-local", "web-pp", "solo-pp"):
         got[name] = wait_for(partial(ingress_ip, c, name), SETTLE, f"{name}'s EXTERNAL-IP")
     return got
 
@@ -205,3 +231,104 @@ def test_local_policy_checks_the_health_check_node_port_and_skips_nodes_without_
         rc, out, err = curl(c, "client-ext", f"http://{vips['solo-local']}:8080/hostname")
         assert rc == 0 and out.strip().startswith("solo-"), err
     assert int(server_rows(c, backend)[NODES[1]]["lbtot"]) == 0
+
+
+def clientip(c: Cluster, url: str) -> str:
+    rc, out, err = curl(c, "client-ext", url)
+    assert rc == 0, err
+    return out.strip().rsplit(":", 1)[0]
+
+
+def vm_ips(c: Cluster) -> dict[str, list[str]]:
+    rc, out, err = c.hcinet("vm", "list", "-o", "json")
+    assert rc == 0, err
+    return {v["name"]: list(v.get("ips") or ()) for v in json.loads(out)["items"]}
+
+
+def test_the_client_address_a_pod_sees_and_the_proxy_protocol_carrying_the_original(
+        deployment: tuple[Cluster, str], vips: dict[str, str]) -> None:
+    """HAProxy in mode tcp opens its own connection to the NodePort: under Cluster kube-proxy
+    then SNATs to the node, under Local the pod sees the LB VM; ``send-proxy-v2`` (the
+    ``hcinet.io/proxy-protocol: v2`` annotation) carries the external client in both."""
+    c, _ = deployment
+    ips = vm_ips(c)
+    nodes = {ip for n in NODES for ip in ips[n]}
+    client = ips["client-ext"][0]
+    for name, port in (("web-pp", 81), ("solo-pp", 8081)):
+        url = f"http://{vips[name]}:{port}/hostname"
+        wait_for(lambda u=url: curl(c, "client-ext", u)[0] == 0 or None, SETTLE, f"{name} answering")
+    cfg = plain(c.vm(LB_VM, "lb_config"))["cfg"]
+    assert "send-proxy-v2" in cfg, cfg
+    for _ in range(4):
+        assert clientip(c, f"http://{vips['web-lb']}/clientip") in nodes
+        assert clientip(c, f"http://{vips['solo-local']}:8080/clientip") in ips[LB_VM]
+        assert clientip(c, f"http://{vips['web-pp']}:81/clientip") == client
+        assert clientip(c, f"http://{vips['solo-pp']}:8081/clientip") == client
+
+
+def inter_s(c: Cluster, backend: str) -> tuple[float, int, int]:
+    """``inter`` (wall seconds), ``rise`` and ``fall`` of the backend's servers, from the
+    haproxy.cfg the LB VM runs (``check inter 100ms rise 2 fall 3``)."""
+    cfg = plain(c.vm(LB_VM, "lb_config"))["cfg"]
+    m = re.search(r"check inter (\d+)(ms|s) rise (\d+) fall (\d+)", cfg)
+    assert m, cfg
+    inter = int(m[1]) / (1000.0 if m[2] == "ms" else 1.0)
+    return inter, int(m[3]), int(m[4])
+
+
+def status_of(c: Cluster, backend: str, node: str) -> str:
+    return str(server_rows(c, backend)[node]["status"])
+
+
+def test_a_killed_node_goes_down_after_fall_checks_and_comes_back(
+        deployment: tuple[Cluster, str], vips: dict[str, str]) -> None:
+    """A node VM dies: its NodePort stops answering, the checks time out and after ``fall``
+    of them (fall × inter) the server is DOWN; MOC's HA restarts the VM and after ``rise``
+    good checks it is UP again; meanwhile HAProxy sends it nothing."""
+    c, _ = deployment
+    backend = f"{NS}.web-lb.80"
+    inter, rise, fall = inter_s(c, backend)
+    wait_for(lambda: all(status_of(c, backend, n) == "UP" for n in NODES) or None, SETTLE, "both nodes UP")
+    node = NODES[1]
+    t0 = time.monotonic()
+    rc, out, err = c.hcinet("vm", "kill", node)
+    assert rc == 0, err
+    wait_for(lambda: status_of(c, backend, node).startswith("DOWN") or None, 10 * fall * inter, f"{node} DOWN",
+             interval=0.005)
+    took = time.monotonic() - t0
+    # the check in flight at the kill may still succeed: the first failing one ends at most
+    # one inter later, then fall of them, one inter each (timeout = inter)
+    assert fall * inter * 0.9 <= took <= 1.5 * fall * inter + 0.25, (took, inter, fall)
+    row = server_rows(c, backend)[node]
+    assert int(row["chkdown"]) >= 1 and int(row["chkfail"]) >= fall, row
+    # HAProxy sends nothing to a DOWN server (until kube-proxy drops the dead node's pods
+    # from the Service, node 0 may still forward some of these to them: that is not the LB's doing)
+    for _ in range(4):
+        curl(c, "client-ext", f"http://{vips['web-lb']}/hostname", m=0.5)
+    assert server_rows(c, backend)[node]["lbtot"] == row["lbtot"]
+    wait_for(lambda: status_of(c, backend, node) == "UP" or None, 4 * SETTLE, f"{node} UP again after the HA restart")
+    assert int(server_rows(c, backend)[node]["chkdown"]) == int(row["chkdown"])
+
+
+def test_a_partitioned_node_goes_down_and_comes_back_after_rise_checks(
+        deployment: tuple[Cluster, str], vips: dict[str, str]) -> None:
+    c, _ = deployment
+    backend = f"{NS}.web-lb.80"
+    inter, rise, fall = inter_s(c, backend)
+    node = NODES[0]
+    wait_for(lambda: all(status_of(c, backend, n) == "UP" for n in NODES) or None, 4 * SETTLE, "both nodes UP")
+    t0 = time.monotonic()
+    rc, out, err = c.hcinet("net", "partition", "--a", LB_VM, "--b", node)
+    assert rc == 0, err
+    pid = int(out.strip())
+    wait_for(lambda: status_of(c, backend, node).startswith("DOWN") or None, 10 * fall * inter, f"{node} DOWN",
+             interval=0.005)
+    took = time.monotonic() - t0
+    assert fall * inter * 0.9 <= took <= 1.5 * fall * inter + 0.25, (took, inter, fall)
+    t1 = time.monotonic()
+    rc, out, err = c.hcinet("net", "heal", str(pid))
+    assert rc == 0 and str(pid) in out, (out, err)
+    wait_for(lambda: status_of(c, backend, node) == "UP" or None, 10 * rise * inter, f"{node} UP", interval=0.005)
+    back = time.monotonic() - t1
+    # the check in flight at the heal still times out (up to one inter), then rise good ones
+    assert (rise - 1) * inter <= back <= (rise + 1) * inter + 0.25, (back, inter, rise)
