@@ -419,6 +419,15 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
     return scheme, host, port, target
 
 
+def split_http_url(url: str) -> tuple[str, int, str]:
+    """``http://host[:port]/target`` -> ``(host, port, target)``; other schemes are refused
+    as curl words it."""
+    scheme, host, port, target = parse_url(url)
+    if scheme != "http":
+        raise ValueError(f'protocol "{scheme}" not supported')
+    return host, port, target
+
+
 class HttpConnection:
     """One client connection: send a request, read the head, then the body piece by piece."""
 

@@ -2,7 +2,8 @@
 
 hcinet's own tool, for benchmarks (the real-world equivalents are ``wrk -c N -d S`` and
 ``hey -c N -z S``): ``--connections`` workers, each one :class:`~.http.HttpClient` (one
-keep-alive connection, reopened only if the server closes it), send ``GET`` requests back to
+keep-alive connection, reopened only if the server closes it; with ``--new-connection``
+every request carries ``Connection: close`` and so opens its own connection), send ``GET`` requests back to
 back for ``--duration`` seconds after an unmeasured ``--warmup``.  Each request's latency is
 taken with ``time.perf_counter`` around the whole exchange (request written, response head
 and body read), inside the VM or pod, so nothing of the management plane is in it.
@@ -22,16 +23,11 @@ import json
 import time
 from typing import Any
 
-from .http import HttpClient, HttpError, parse_url
+from .http import HttpClient, HttpError, split_http_url
+from .load import nearest_rank
 from .tools import ToolContext, ToolParser, _positive, register_tool, resolve_host
 
 __all__ = ["httpbench", "summarize"]
-
-
-def _nearest_rank(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * q + 0.999999) - 1))]
 
 
 def summarize(latencies_s: list[float], seconds: float, errors: int) -> dict[str, Any]:
@@ -41,8 +37,8 @@ def summarize(latencies_s: list[float], seconds: float, errors: int) -> dict[str
     n = len(us)
     return {"requests": n, "errors": errors, "seconds": round(seconds, 6),
             "rps": round(n / seconds, 1) if seconds > 0 else 0.0,
-            "p50_us": round(_nearest_rank(us, 0.50), 1), "p90_us": round(_nearest_rank(us, 0.90), 1),
-            "p99_us": round(_nearest_rank(us, 0.99), 1), "max_us": round(us[-1], 1) if us else float("nan"),
+            "p50_us": round(nearest_rank(us, 0.50), 1), "p90_us": round(nearest_rank(us, 0.90), 1),
+            "p99_us": round(nearest_rank(us, 0.99), 1), "max_us": round(us[-1], 1) if us else float("nan"),
             "mean_us": round(sum(us) / n, 1) if n else float("nan")}
 
 
@@ -89,6 +85,8 @@ async def httpbench(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
     p.add_argument("--connections", type=_positive(int), default=1, help="concurrent keep-alive connections")
     p.add_argument("--timeout", type=_positive(float), default=5.0, help="seconds per request")
+    p.add_argument("--new-connection", action="store_true",
+                   help="a new connection per request (sends Connection: close, as wrk -H 'Connection: close')")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("url")
     ns = p.parse(args)
@@ -96,7 +94,7 @@ async def httpbench(ctx: ToolContext, args: list[str]) -> int:
         ctx.err.write("httpbench: --warmup must be >= 0\n")
         return 2
     try:
-        host, port, target = _split(ns.url)
+        host, port, target = split_http_url(ns.url)
     except ValueError as exc:
         ctx.err.write(f"httpbench: {exc}\n")
         return 2
@@ -105,6 +103,8 @@ async def httpbench(ctx: ToolContext, args: list[str]) -> int:
         ctx.err.write(f"httpbench: {host}: {error}\n")
         return 2
     headers = {"Host": host if port == 80 else f"{host}:{port}"}
+    if ns.new_connection:
+        headers["Connection"] = "close"
     workers = [_Worker(HttpClient(ctx.net, ip, port, timeout=ns.timeout, headers=headers))
                for _ in range(ns.connections)]
     start = time.perf_counter()
@@ -133,10 +133,3 @@ async def httpbench(ctx: ToolContext, args: list[str]) -> int:
                       f"  {out['requests']} requests in {seconds:.2f}s, {out['errors']} errors, "
                       f"{out['connects']} connects\nRequests/sec: {out['rps']:.2f}\n")
     return 0 if out["errors"] == 0 and out["requests"] > 0 else 1
-
-
-def _split(url: str) -> tuple[str, int, str]:
-    scheme, host, port, target = parse_url(url)
-    if scheme != "http":
-        raise ValueError(f'protocol "{scheme}" not supported')
-    return host, port, target

@@ -34,13 +34,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .http import HttpConnection, HttpError, ProtocolError
-from .httpbench import _nearest_rank, _split
+from .http import HttpConnection, HttpError, ProtocolError, split_http_url
 from .tools import ToolContext, ToolParser, _positive, register_tool, resolve_host
 
 __all__ = ["FAILURE_KINDS", "LoadStats", "classify", "load", "schedule"]
 
 FAILURE_KINDS = ("http_error", "refused", "timeout", "reset", "unreachable", "other")
+
+
+def nearest_rank(ordered: list[float], q: float) -> float:
+    """The nearest-rank percentile ``q`` (0..1) of a sorted list; NaN when empty."""
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * q + 0.999999) - 1))]
+
 
 
 def schedule(rps: float, duration: float) -> list[float]:
@@ -71,8 +78,8 @@ def _latency(samples_s: Iterable[float]) -> dict[str, float | None]:
     ms = sorted(x * 1000 for x in samples_s)
     if not ms:
         return {"p50": None, "p90": None, "p99": None, "max": None}
-    return {"p50": round(_nearest_rank(ms, 0.50), 3), "p90": round(_nearest_rank(ms, 0.90), 3),
-            "p99": round(_nearest_rank(ms, 0.99), 3), "max": round(ms[-1], 3)}
+    return {"p50": round(nearest_rank(ms, 0.50), 3), "p90": round(nearest_rank(ms, 0.90), 3),
+            "p99": round(nearest_rank(ms, 0.99), 3), "max": round(ms[-1], 3)}
 
 
 @dataclass
@@ -239,7 +246,7 @@ async def load(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("url")
     ns = p.parse(args)
     try:
-        host, port, target = _split(ns.url)
+        host, port, target = split_http_url(ns.url)
     except ValueError as exc:
         ctx.err.write(f"load: {exc}\n")
         return 2

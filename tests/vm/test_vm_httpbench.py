@@ -46,6 +46,17 @@ def test_one_keep_alive_connection_carries_every_request() -> None:
     run(scenario)
 
 
+def test_new_connection_opens_one_connection_per_request() -> None:
+    async def scenario(a: AsyncStack) -> None:
+        rc, out, err = await run_tool(a, ["httpbench", "--duration", "0.3", "--warmup", "0", "--new-connection",
+                                          "--json", f"http://{B}:8080/hostname"])
+        assert (rc, err) == (0, ""), err
+        res = json.loads(out)
+        assert res["requests"] > 5 and res["errors"] == 0
+        assert res["connects"] >= res["requests"]  # (the last one may be cut off by the deadline)
+    run(scenario)
+
+
 def test_several_connections_and_errors() -> None:
     async def scenario(a: AsyncStack) -> None:
         rc, out, _ = await run_tool(a, ["httpbench", "--duration", "0.2", "--warmup", "0", "--connections", "3",
