@@ -44,6 +44,7 @@ import re
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ async def vip_phase(api: Api, client: Vm, count: int) -> dict[str, Any]:
         name = f"vip-{i}"
         t0 = time.perf_counter()
         await api("POST", f"/api/v1/namespaces/{NS}/services", lb_service(name))
-        vip = await wait_until(lambda n=name: _ingress(api, n), 30.0, f"{name}'s EXTERNAL-IP", interval=0.005)
+        vip = await wait_until(partial(_ingress, api, name), 30.0, f"{name}'s EXTERNAL-IP", interval=0.005)
         t_ip = time.perf_counter()
         tries = 0
         deadline = t0 + 30.0
