@@ -264,7 +264,7 @@ CLUSTER_FLAGS = {"name": "--name", "vnet": "--vnet", "primaryNetworkPlugin": "--
                  "nodeMaxPodCount": "--node-max-pod-count", "nodePools[0].name": "--node-pool-name",
                  "nodePools[0].osType": "--os-type", "nodePools[0].nodeCount": "--node-count",
                  "osType": "--os-type", "nodeCount": "--node-count", "kubeProxyMode": "--kube-proxy-mode",
-                 "ipvsScheduler": "--ipvs-scheduler"}
+                 "ipvsScheduler": "--ipvs-scheduler", "ipFamilies": "--ip-families"}
 
 
 def flag_error(exc: Exception, flags: dict[str, str]) -> cli.CliError:
@@ -365,6 +365,7 @@ async def cmd_cluster_create(ns: argparse.Namespace) -> int:
                            "controlPlaneNodeCount": ns.control_plane_node_count,
                            "loadBalancerSku": ns.load_balancer_sku, "nodeMaxPodCount": ns.node_max_pod_count,
                            "kubeProxyMode": ns.kube_proxy_mode, "ipvsScheduler": ns.ipvs_scheduler,
+                           "ipFamilies": [f.strip() for f in str(ns.ip_families).split(",") if f.strip()],
                            "nodePools": [{"name": ns.node_pool_name or f"{ns.name}-{ns.os_type.lower()}",
                                           "osType": ns.os_type, "nodeCount": ns.node_count}]}
     if ns.vnet:
@@ -597,6 +598,8 @@ def add_parsers(sub: Any) -> None:
                         "connection) or ipvs (a scheduler, --ipvs-scheduler)")
     p.add_argument("--ipvs-scheduler", default="rr", type=str.lower, choices=pools.IPVS_SCHEDULERS,
                    help="the IPVS scheduler in ipvs mode: rr (round robin, default) or lc (least connection)")
+    p.add_argument("--ip-families", default="IPv4", metavar="FAMILIES",
+                   help="IPv4 (default) or IPv4,IPv6: dual stack (Calico only; Windows pods stay IPv4)")
     p.add_argument("--no-wait", action="store_true", help="return once MOC accepted it, without waiting")
     p = verb(cl, "delete", cmd_cluster_delete, "delete a workload cluster (Remove-AksHciCluster)",
              "Delete the cluster's VMs through MOC and give its addresses back to the pools.")

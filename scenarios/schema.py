@@ -40,6 +40,7 @@ documented in docs/scenario.md; ``scenarios/default.yaml`` is the demo):
       - {name: cluster1, vnet: aks-net, primaryNetworkPlugin: calico, controlPlaneNodeCount: 1,
          loadBalancerSku: HAProxy, nodeMaxPodCount: 110,
          kubeProxyMode: iptables, ipvsScheduler: rr,     # kube-proxy on its nodes (ipvs: rr | lc)
+         ipFamilies: [IPv4],                             # [IPv4, IPv6]: dual stack (Calico only)
          nodePools: [{name: cluster1-linux, osType: linux, nodeCount: 2}]}
     clients:                     # plain VMs created through MOC
       - {name: client-dc, network: aks-net, ip: 172.16.0.10, apps: [{kind: http, port: 8080}]}
@@ -256,13 +257,17 @@ class Cluster:
     node_pools: tuple[NodePool, ...] = ()
     kube_proxy_mode: str = "iptables"  # kubeProxyMode: iptables | ipvs
     ipvs_scheduler: str = "rr"  # ipvsScheduler: rr | lc (ipvs mode only)
+    ip_families: tuple[str, ...] = ("IPv4",)  # ipFamilies: [IPv4] | [IPv4, IPv6] (dual stack, Calico)
 
     def doc(self) -> dict[str, Any]:
         """The scenario keys, which are also MOC's ``cluster_create`` arguments."""
-        return {"name": self.name, "vnet": self.vnet, "primaryNetworkPlugin": self.network_plugin,
-                "controlPlaneNodeCount": self.control_plane_count, "loadBalancerSku": self.load_balancer_sku,
-                "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools],
-                "kubeProxyMode": self.kube_proxy_mode, "ipvsScheduler": self.ipvs_scheduler}
+        out = {"name": self.name, "vnet": self.vnet, "primaryNetworkPlugin": self.network_plugin,
+               "controlPlaneNodeCount": self.control_plane_count, "loadBalancerSku": self.load_balancer_sku,
+               "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools],
+               "kubeProxyMode": self.kube_proxy_mode, "ipvsScheduler": self.ipvs_scheduler}
+        if self.ip_families != ("IPv4",):
+            out["ipFamilies"] = list(self.ip_families)
+        return out
 
     def vm_names(self) -> list[str]:
         """Every VM MOC creates for it (docs/contracts-control-plane.md, "VM names")."""
@@ -658,7 +663,7 @@ def _management(value: Any, networks: tuple[Network, ...]) -> Management | None:
 
 
 _CLUSTER_KEYS = {"name", "vnet", "primaryNetworkPlugin", "controlPlaneNodeCount", "loadBalancerSku",
-                 "nodeMaxPodCount", "nodePools", "kubeProxyMode", "ipvsScheduler"}
+                 "nodeMaxPodCount", "nodePools", "kubeProxyMode", "ipvsScheduler", "ipFamilies"}
 
 
 def _clusters(value: Any, networks: tuple[Network, ...], management: Management | None,
@@ -709,7 +714,7 @@ def parse_cluster(item: Any, path: str, networks: Iterable[Network],
     cluster = Cluster(name=spec.name, vnet=spec.vnet, network_plugin=spec.network_plugin,
                       control_plane_count=spec.control_plane_count, load_balancer_sku=spec.lb_sku,
                       max_pods=spec.max_pods, node_pools=node_pools, kube_proxy_mode=spec.kube_proxy_mode,
-                      ipvs_scheduler=spec.ipvs_scheduler)
+                      ipvs_scheduler=spec.ipvs_scheduler, ip_families=spec.ip_families)
     return cluster, list(warnings)
 
 

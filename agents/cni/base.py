@@ -147,6 +147,11 @@ class CniPlugin:
         """The VXLAN device's own address (the source of the node's packets into the overlay)."""
         raise NotImplementedError
 
+    def vtep_address_v6(self) -> str | None:
+        """The VXLAN device's IPv6 address (the source of routes to remote IPv6 pod
+        networks), or None: the plugin has no IPv6 on this node."""
+        return None
+
     def host_veth_name(self, pod_key: str) -> str:
         raise NotImplementedError
 

@@ -249,6 +249,7 @@ class CalicoPlugin(CniPlugin):
         self.nat_outgoing = nat_outgoing
         super().__init__(**kwargs)
         self._vtep: str | None = None
+        self._vtep6: str | None = None
 
     @property
     def windows(self) -> bool:
@@ -305,6 +306,16 @@ class CalicoPlugin(CniPlugin):
             else:
                 self._vtep = self.allocator.allocate(self.node_name, f"vxlan-tunnel-addr-{self.node_name}", 4)
         return self._vtep
+
+    def vtep_address_v6(self) -> str | None:
+        """The IPv6 address of the VXLAN device (Calico's ``IPv6VXLANTunnelAddr``, an IPAM
+        allocation with handle ``vxlan-v6-tunnel-addr-<node>``): the source of the routes to
+        other nodes' IPv6 blocks.  None without an IPv6 pool, and on Windows."""
+        if self.windows or not self.allocator.has_version(6):
+            return None
+        if self._vtep6 is None:
+            self._vtep6 = self.allocator.allocate(self.node_name, f"vxlan-v6-tunnel-addr-{self.node_name}", 6)
+        return self._vtep6
 
     def host_veth_name(self, pod_key: str) -> str:
         namespace, _, pod = pod_key.rpartition("/")

@@ -295,7 +295,8 @@ class CloudAgent:
             "cluster": cluster.spec.name, "pool": pool.name, "os": pool.os_type,
             "apiserver": f"{cluster.vip}:{P.APISERVER_PORT}", "max_pods": cluster.spec.max_pods,
             "network_plugin": cluster.spec.network_plugin, "kube_proxy_mode": cluster.spec.kube_proxy_mode,
-            "ipvs_scheduler": cluster.spec.ipvs_scheduler})
+            "ipvs_scheduler": cluster.spec.ipvs_scheduler,
+            **({"cluster_cidrs": cluster.spec.cluster_cidrs} if cluster.spec.dual_stack else {})})
 
     def _check_names(self, names: list[str], field_name: str) -> None:
         for name in names:
@@ -449,7 +450,9 @@ class CloudAgent:
                 vms.append(self._vm_config(name=name, role="apiserver", net=net, ip=ip, extra={
                     "cluster": spec.name, "pool": "control-plane", "vip": vip,
                     **({"moc": self.cloudagent_address} if self.cloudagent_address else {}),
-                    "state_dir": f"{self.run_dir}/clusters/{spec.name}", "kube_vip": not spec.has_lb_vm}))
+                    "state_dir": f"{self.run_dir}/clusters/{spec.name}", "kube_vip": not spec.has_lb_vm,
+                    **({"service_cidrs": spec.service_cidrs, "cluster_cidrs": spec.cluster_cidrs}
+                       if spec.dual_stack else {})}))
             if spec.has_lb_vm:
                 name = f"{spec.name}-lb"
                 ip = self.ipam.allocate_node_ip(spec.vnet, spec.name, name)

@@ -337,7 +337,7 @@ def segment_of(spec: NetworkSpec, others: Iterable[tuple[NetworkSpec, str]]) -> 
 CLUSTER_KEYS = frozenset({
     "name", "vnet", "primaryNetworkPlugin", "controlPlaneNodeCount", "loadBalancerSku",
     "nodeMaxPodCount", "nodePools", "nodePoolName", "nodeCount", "osType", "kubernetesVersion",
-    "kubeProxyMode", "ipvsScheduler",
+    "kubeProxyMode", "ipvsScheduler", "ipFamilies",
 })
 POOL_KEYS = frozenset({"name", "osType", "nodeCount"})
 OS_TYPES = ("linux", "windows")
@@ -348,6 +348,12 @@ PLUGINS = ("calico", "flannel")
 PROXY_MODES = ("iptables", "ipvs")
 IPVS_SCHEDULERS = ("rr", "lc")
 SKUS = {"haproxy": "HAProxy", "none": "none"}
+# The cluster's IP families (``ipFamilies``): IPv4, or dual stack IPv4 + IPv6 with Calico.
+# The CIDRs of each family are kind's defaults for the IPv6 side (pods fd00:10:244::/56 in
+# /122 Calico blocks, Services fd00:10:96::/112) and AKS-HCI's fixed ones for IPv4.
+IP_FAMILIES = ("IPv4", "IPv6")
+POD_CIDRS = {"IPv4": "10.244.0.0/16", "IPv6": "fd00:10:244::/56"}
+SERVICE_CIDRS = {"IPv4": "10.96.0.0/12", "IPv6": "fd00:10:96::/112"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,6 +380,21 @@ class ClusterSpec:
     kubernetes_version: str | None = None
     kube_proxy_mode: str = "iptables"
     ipvs_scheduler: str = "rr"
+    ip_families: tuple[str, ...] = ("IPv4",)
+
+    @property
+    def dual_stack(self) -> bool:
+        return len(self.ip_families) > 1
+
+    @property
+    def cluster_cidrs(self) -> list[str]:
+        """The pod network of each family (``--cluster-cidr``), IPv4 first."""
+        return [POD_CIDRS[f] for f in self.ip_families]
+
+    @property
+    def service_cidrs(self) -> list[str]:
+        """The Service range of each family (``--service-cluster-ip-range``), IPv4 first."""
+        return [SERVICE_CIDRS[f] for f in self.ip_families]
 
     @property
     def has_lb_vm(self) -> bool:
@@ -395,14 +416,15 @@ class ClusterSpec:
                            control_plane_count=self.control_plane_count, lb_sku=self.lb_sku,
                            max_pods=self.max_pods, node_pools=tuple(pools),
                            kubernetes_version=self.kubernetes_version, kube_proxy_mode=self.kube_proxy_mode,
-                           ipvs_scheduler=self.ipvs_scheduler)
+                           ipvs_scheduler=self.ipvs_scheduler, ip_families=self.ip_families)
 
     def doc(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name, "vnet": self.vnet, "primaryNetworkPlugin": self.network_plugin,
             "controlPlaneNodeCount": self.control_plane_count, "loadBalancerSku": self.lb_sku,
             "nodeMaxPodCount": self.max_pods, "nodePools": [p.doc() for p in self.node_pools],
-            "kubeProxyMode": self.kube_proxy_mode, "ipvsScheduler": self.ipvs_scheduler}
+            "kubeProxyMode": self.kube_proxy_mode, "ipvsScheduler": self.ipvs_scheduler,
+            "ipFamilies": list(self.ip_families)}
         if self.kubernetes_version is not None:
             out["kubernetesVersion"] = self.kubernetes_version
         return out
@@ -464,16 +486,49 @@ def parse_cluster(obj: Any, networks: Collection[str]) -> tuple[ClusterSpec, lis
         raise PoolError(f"kubernetesVersion: expected a string, got {version!r}")
     mode = _choice(obj, "kubeProxyMode", PROXY_MODES)
     scheduler = _choice(obj, "ipvsScheduler", IPVS_SCHEDULERS)
+    families = _ip_families(obj.get("ipFamilies"), plugin)
     pools = _cluster_pools(obj, name)
     spec = ClusterSpec(name=name, vnet=vnet, network_plugin=plugin, control_plane_count=cp,
                        lb_sku=SKUS[sku.lower()], max_pods=max_pods, node_pools=pools,
-                       kubernetes_version=version, kube_proxy_mode=mode, ipvs_scheduler=scheduler)
+                       kubernetes_version=version, kube_proxy_mode=mode, ipvs_scheduler=scheduler,
+                       ip_families=families)
     warnings = [FLANNEL_WARNING] if plugin == "flannel" else []
+    if spec.dual_stack:
+        warnings += [f"ipFamilies: node pool {p.name} is Windows: its pods get IPv4 only (Calico for "
+                     "Windows has no IPv6)" for p in pools if p.os_type == "windows"]
     if mode != "ipvs" and scheduler != IPVS_SCHEDULERS[0]:
         # kube-proxy reads ipvs.scheduler only in ipvs mode
         warnings.append(f"ipvsScheduler: {scheduler} has no effect with kubeProxyMode {mode} "
                         "(only the ipvs mode uses a scheduler)")
     return spec, warnings
+
+
+def _ip_families(raw: Any, plugin: str) -> tuple[str, ...]:
+    """``ipFamilies``: ``[IPv4]`` (the default) or ``[IPv4, IPv6]`` (dual stack, Calico only)."""
+    if raw is None:
+        return ("IPv4",)
+    if isinstance(raw, str):
+        raw = [f.strip() for f in raw.split(",")]
+    if not isinstance(raw, list | tuple) or not raw or not all(isinstance(f, str) for f in raw):
+        raise PoolError(f"ipFamilies: expected a list such as [IPv4] or [IPv4, IPv6], got {raw!r}")
+    by_lower = {f.lower(): f for f in IP_FAMILIES}
+    families: list[str] = []
+    for i, text in enumerate(raw):
+        fam = by_lower.get(text.lower())
+        if fam is None:
+            raise PoolError(f"ipFamilies[{i}]: expected IPv4 or IPv6, got {text!r}")
+        if fam in families:
+            raise PoolError(f"ipFamilies[{i}]: {fam} is listed twice")
+        families.append(fam)
+    if families == ["IPv6"]:
+        raise PoolError("ipFamilies: IPv6-only clusters are not supported: AKS-HCI nodes are IPv4 "
+                        "(use [IPv4, IPv6] for dual stack)")
+    if families[0] != "IPv4":
+        raise PoolError("ipFamilies: IPv4 must come first (the nodes' addresses are IPv4): use [IPv4, IPv6]")
+    if len(families) > 1 and plugin != "calico":
+        raise PoolError(f"ipFamilies: {plugin.capitalize()} does not support IPv6 (dual stack needs "
+                        "primaryNetworkPlugin calico)")
+    return tuple(families)
 
 
 def _choice(obj: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:

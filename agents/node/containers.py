@@ -350,16 +350,16 @@ class ContainerApp:
 
     # -- helpers for subclasses --
 
-    async def http(self, port: int, handler: Callable[[Request], Awaitable[Response]], *, host: str = "0.0.0.0",
+    async def http(self, port: int, handler: Callable[[Request], Awaitable[Response]], *, host: str | None = None,
                    sniff: Sniffer | None = None) -> HttpServer:
         net = _Intercept(self.net, sniff)
-        server = await serve_http(net, host, port, handler, name=f"{self.hostname}/{self.plan.name}:{port}")
+        server = await serve_http(net, host or any_address(self.net), port, handler, name=f"{self.hostname}/{self.plan.name}:{port}")
         self.http_servers.append(server)
         return server
 
     async def udp(self, port: int, answer: Callable[[bytes, tuple[str, int]], bytes | None]) -> None:
         transport, _ = await self.net.create_datagram_endpoint(lambda: _Datagrams(self, answer),
-                                                               local_addr=("0.0.0.0", port))
+                                                               local_addr=(any_address(self.net), port))
         self.transports.append(transport)
 
     async def tcp(self, port: int, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
@@ -376,7 +376,15 @@ class ContainerApp:
                 if task is not None:
                     self._tasks.discard(task)
 
-        self.servers.append(await self.net.start_server(accept, "0.0.0.0", port))
+        self.servers.append(await self.net.start_server(accept, any_address(self.net), port))
+
+
+def any_address(net: Any) -> str:
+    """Where an app's ``:port`` listens: ``::`` (dual stack, as Go's ``net.Listen(":8080")``
+    and Linux's bindv6only=0 give) in a pod with an IPv6 address, else ``0.0.0.0``."""
+    from agents.vm.tools import has_ipv6
+
+    return "::" if has_ipv6(net) else "0.0.0.0"
 
 
 class _Datagrams(asyncio.DatagramProtocol):

@@ -134,8 +134,14 @@ class NodeDatapath:
         self.vtep_mac = plugin.vtep_mac(self.node_ip)
         self.vtep_address = plugin.vtep_address()
         self.vxlan_index = self._alloc_index()
-        root.add_interface(self.vxlan_index, plugin.vxlan_device, self.vtep_mac, plugin.mtu,
-                           [f"{self.vtep_address}/32"])
+        # Dual stack (Calico): the device also holds the node's IPv6 tunnel address, the source
+        # of the routes to other nodes' IPv6 blocks; IPv6 pod traffic crosses the IPv4 underlay
+        # in the same VXLAN (VNI 4096) as IPv4 (an L2 overlay carries either family).
+        self.vtep_address_v6 = plugin.vtep_address_v6()
+        vtep_addrs = [f"{self.vtep_address}/32"]
+        if self.vtep_address_v6:
+            vtep_addrs.append(f"{self.vtep_address_v6}/128")
+        root.add_interface(self.vxlan_index, plugin.vxlan_device, self.vtep_mac, plugin.mtu, vtep_addrs)
         self.bridge_index: int | None = None
         self._host_src4 = self.node_ip
         bridge = plugin.bridge()
@@ -230,8 +236,10 @@ class NodeDatapath:
     def set_remote_nodes(self, nodes: Iterable[tuple[str, str, Iterable[str]]]) -> dict[str, list[str]]:
         """The whole set of other nodes: ``[(name, InternalIP, pod CIDRs or blocks)]``
         (:meth:`CniPlugin.remote_nodes` builds it from Node objects).  Routes are changed
-        by difference; returns ``{"added": [...], "removed": [...]}`` CIDRs.  IPv6 CIDRs wait
-        for step 5 (the underlay of the VXLAN is IPv4)."""
+        by difference; returns ``{"added": [...], "removed": [...]}`` CIDRs.  IPv6 CIDRs (a
+        dual-stack Calico cluster's /122 blocks) are routed over the same VXLAN device, next
+        hop the remote node's IPv4 VTEP, source this node's IPv6 tunnel address; without one
+        (no IPv6 on this node: Windows, or a single-stack plugin) they are left out."""
         local = set(self.plugin.local_cidrs())
         desired: dict[str, str] = {}
         names: dict[str, tuple[str, list[str]]] = {}
@@ -243,7 +251,7 @@ class NodeDatapath:
             for text in cidrs:
                 net = ipaddress.ip_network(text, strict=False)
                 cidr = str(net)
-                if net.version == 6 or cidr in local:
+                if (net.version == 6 and not self.vtep_address_v6) or cidr in local:
                     continue
                 if desired.get(cidr, ip) != ip:
                     raise CniError(f"nodes[{name}]: {cidr} is also claimed by {desired[cidr]}")
@@ -256,7 +264,8 @@ class NodeDatapath:
         for cidr in removed:
             self.root.remove_route(cidr, dev=vx)
         for cidr in added:
-            self.root.add_route(cidr, dev=vx, via=desired[cidr])
+            src = self.vtep_address_v6 if ":" in cidr else None
+            self.root.add_route(cidr, dev=vx, via=desired[cidr], src=src)
         self._remote = desired
         self._remote_nodes = names
         self._fdb = {ip: (self.plugin.vtep_mac(ip), ip) for ip in set(desired.values())}
@@ -438,7 +447,8 @@ class NodeDatapath:
             "plugin": self.plugin.describe(),
             "node_ip": self.node_ip,
             "vtep": {"device": self.plugin.vxlan_device, "address": self.vtep_address, "mac": self.vtep_mac,
-                     "vni": self.vni, "port": self.vxlan_port},
+                     "vni": self.vni, "port": self.vxlan_port,
+                     **({"address_v6": self.vtep_address_v6} if self.vtep_address_v6 else {})},
             "pods": {key: pod.as_dict() for key, pod in self.pods.items()},
             "remote": {name: {"ip": ip, "cidrs": cidrs} for name, (ip, cidrs) in self._remote_nodes.items()},
             "counters": dict(self.counters),

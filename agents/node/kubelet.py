@@ -648,27 +648,36 @@ class CalicoIpamSync:
         self.resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or "") or None
         return self.parse(obj)
 
-    def free(self) -> int:
-        """Addresses left in this node's IPv4 blocks."""
-        return sum(len(self.allocator.block(c).unallocated) for c in self.allocator.blocks_of(self.node, 4))
+    def free(self, version: int = 4) -> int:
+        """Addresses left in this node's blocks of one IP version (IPv4 by default)."""
+        return sum(len(self.allocator.block(c).unallocated) for c in self.allocator.blocks_of(self.node, version))
+
+    def versions(self) -> list[int]:
+        """The IP versions this node's pods get: IPv4, and IPv6 when the pools have an IPv6
+        pool and the node is Linux (Calico for Windows has no IPv6)."""
+        return [4] + ([6] if self.allocator.has_version(6) and not self.windows else [])
+
+    def _short(self, need: int) -> list[int]:
+        return [v for v in self.versions() if self.free(v) < need]
 
     async def ensure_capacity(self, need: int = 1) -> None:
-        """Make sure this node's blocks have ``need`` free addresses, claiming blocks
-        (through the API server) until they do."""
-        if self.free() >= need:
+        """Make sure this node's blocks of each of its IP versions have ``need`` free
+        addresses, claiming blocks (through the API server) until they do."""
+        if not self._short(need):
             return
         async with self.lock:
             for _ in range(IPAM_RETRIES):
-                if self.free() >= need:
+                if not self._short(need):
                     return
                 self.merge(await self.read())
-                if self.free() >= need:
+                short = self._short(need)
+                if not short:
                     return
                 before = self.allocator.claimed_blocks()
-                cidr = self.allocator.claim_block(self.node, 4, windows=self.windows)
+                cidrs = [self.allocator.claim_block(self.node, v, windows=self.windows) for v in short]
                 if await self._write():
-                    self.counts["claims"] += 1
-                    log.info("calico ipam: node %s claimed block %s", self.node, cidr)
+                    self.counts["claims"] += len(cidrs)
+                    log.info("calico ipam: node %s claimed block %s", self.node, ", ".join(cidrs))
                     continue
                 self.allocator.load(before)  # someone else wrote first: read again
                 self.counts["conflicts"] += 1

@@ -172,6 +172,7 @@ async def curl(ctx: ToolContext, args: list[str]) -> int:
 
 def _request_headers(ns: argparse.Namespace, host: str, port: int, data: bytes) -> list[tuple[str, str]]:
     """curl's defaults, then -H: ``K: V`` replaces, ``K:`` removes, ``K;`` sends it empty."""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets (RFC 7230 5.4)
     headers: list[tuple[str, str]] = [("Host", host if port == 80 else f"{host}:{port}"),
                                       ("User-Agent", ns.user_agent), ("Accept", "*/*")]
     if ns.data:

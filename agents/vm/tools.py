@@ -30,7 +30,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
@@ -130,8 +130,42 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return conv
 
 
-# getaddrinfo's address families: IPv4 (A) until the dual-stack step, when AF_UNSPEC asks AAAA too.
+# getaddrinfo's address families (AF_UNSPEC with AI_ADDRCONFIG): A, and AAAA too when the
+# caller has a non-link-local IPv6 address (a dual-stack cluster's Linux pods).
 RESOLVE_QTYPES = ("A",)
+RESOLVE_QTYPES_DUAL = ("A", "AAAA")
+# RFC 6724 section 2.1's default policy table (musl's, as Alpine-based images sort): prefix,
+# precedence.  ULA (fd00::/8, a dual-stack cluster's Services and pods) sorts after IPv4.
+_PRECEDENCE = tuple((ipaddress.ip_network(p), n) for p, n in (
+    ("::1/128", 50), ("::ffff:0:0/96", 35), ("2002::/16", 30), ("2001::/32", 5), ("fc00::/7", 3),
+    ("::/96", 1), ("fec0::/10", 1), ("3ffe::/16", 1), ("::/0", 40)))
+
+
+def has_ipv6(net: Any) -> bool:
+    """AI_ADDRCONFIG: does ``net`` (a VM's or a pod's stack) hold an IPv6 address other than
+    loopback and link-local?"""
+    stack = getattr(net, "stack", None)
+    local = getattr(stack, "local_addresses", None)
+    if local is None:
+        return False
+    for ip in local():
+        if ":" in ip:
+            addr = ipaddress.ip_address(ip)
+            if not (addr.is_loopback or addr.is_link_local):
+                return True
+    return False
+
+
+def precedence(ip: str) -> int:
+    """RFC 6724's precedence of a destination (IPv4 as its mapped form)."""
+    addr = ipaddress.ip_address(ip)
+    v6 = addr if isinstance(addr, ipaddress.IPv6Address) else ipaddress.IPv6Address(f"::ffff:{addr}")
+    return next(n for net, n in _PRECEDENCE if v6 in net)
+
+
+def sort_addresses(ips: Sequence[str]) -> list[str]:
+    """getaddrinfo's destination order (RFC 6724 rule 6, highest precedence first; stable)."""
+    return sorted(ips, key=lambda ip: -precedence(ip))
 
 
 def _resolve(host: str) -> str | None:
@@ -163,9 +197,9 @@ async def resolve_host(net: NetAPI, host: str) -> Resolved:
     ip = _resolve(host)
     if ip is not None:
         return Resolved(ip, host)
-    result = await dns_resolve(net, host, RESOLVE_QTYPES)
+    result = await dns_resolve(net, host, RESOLVE_QTYPES_DUAL if has_ipv6(net) else RESOLVE_QTYPES)
     if result.ok and result.addresses:
-        return Resolved(result.addresses[0], result.name or host)
+        return Resolved(sort_addresses(result.addresses)[0], result.name or host)
     return Resolved(None, error=result.gai_error)
 
 

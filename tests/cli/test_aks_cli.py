@@ -114,7 +114,7 @@ BAD = [
      "clusters[0]: c1: node IP pool of network aks has 80 free addresses, the cluster needs 82 (1 control plane "
      "+ 75 workers + 5 upgrade spares + 1 load balancer VM): short by 2"),
     ("clusters[0].kubernetesVersion", "1.26", "clusters[0].kubernetesVersion: unknown key (known: controlPlaneNodeCount, "
-     "ipvsScheduler, kubeProxyMode, loadBalancerSku, name, nodeMaxPodCount, nodePools, primaryNetworkPlugin, vnet)"),
+     "ipFamilies, ipvsScheduler, kubeProxyMode, loadBalancerSku, name, nodeMaxPodCount, nodePools, primaryNetworkPlugin, vnet)"),
     ("clusters[0].kubeProxyMode", "nftables",
      "clusters[0].kubeProxyMode: expected iptables or ipvs, got 'nftables'"),
     ("clusters[0].ipvsScheduler", "sh", "clusters[0].ipvsScheduler: expected rr or lc, got 'sh'"),

@@ -95,7 +95,8 @@ class Cluster:
 
 
 def build_cluster(plugin: str, *, exceptions: list[str] | None = None,
-                  nat_outgoing: bool = True, oses: dict[str, str] | None = None) -> Cluster:
+                  nat_outgoing: bool = True, oses: dict[str, str] | None = None,
+                  pools: list[str] | None = None) -> Cluster:
     net = FakeNet(seed=7)
     net.add_segment("dc", mtu=1500)
     net.add_segment("other", mtu=1500)
@@ -109,7 +110,7 @@ def build_cluster(plugin: str, *, exceptions: list[str] | None = None,
     vm_other = plain_host("vm-other", VM_OTHER, "172.17.0.1")
     net.attach(vm_same, 0, "dc")
     net.attach(vm_other, 0, "other")
-    allocator = BlockAllocator(["10.244.0.0/16"]) if plugin == "calico" else None
+    allocator = BlockAllocator(pools or ["10.244.0.0/16"]) if plugin == "calico" else None
     dps = {}
     for name, ip in NODES.items():
         root = plain_host(name, ip, "172.16.0.1")

@@ -192,7 +192,7 @@ def test_flannel_is_accepted_with_a_warning() -> None:
     ({"nodePools": [{"name": "p"}, {"name": "p"}]}, "nodePools[1].name: duplicate node pool p"),
     ({"nodePools": [{"name": "P_1"}]},
      "nodePools[0].name: 'P_1' is not a node pool name (lower-case letters, digits and '-', at most 59 characters)"),
-    ({"color": "blue"}, "color: unknown key (known: controlPlaneNodeCount, ipvsScheduler, kubeProxyMode, "
+    ({"color": "blue"}, "color: unknown key (known: controlPlaneNodeCount, ipFamilies, ipvsScheduler, kubeProxyMode, "
                         "kubernetesVersion, loadBalancerSku, name, nodeCount, nodeMaxPodCount, nodePoolName, "
                         "nodePools, osType, primaryNetworkPlugin, vnet)"),
     ({"kubeProxyMode": "userspace"}, "kubeProxyMode: expected iptables or ipvs, got 'userspace'"),
