@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from agents.apiserver.resources import BY_PLURAL, RESOURCES, Resource
+from agents.apiserver.resources import BY_PLURAL, CALICO_GROUP, RESOURCES, Resource
 from scenarios import aks, cli
 
 Api = Callable[[str, str, "Mapping[str, str] | None", Any], Awaitable[tuple[int, Any]]]
@@ -485,6 +485,22 @@ def resource_of(kind: aks.Kind) -> Resource:
     return BY_PLURAL[kind.plural]
 
 
+def resource_named(text: str) -> Resource:
+    """A kind on the command line: kubectl's names and short names (``netpol``), or a
+    qualified plural (``networkpolicies.projectcalico.org``: Calico's, as kubectl resolves
+    it with the Calico API server), or a Calico plural/kind (``globalnetworkpolicies``)."""
+    low = text.lower()
+    if "." in low and low in BY_PLURAL:
+        return BY_PLURAL[low]
+    try:
+        return resource_of(aks.kind_of(text))
+    except cli.CliError:
+        for r in RESOURCES:
+            if low in (r.plural, r.kind.lower()) and r.group == CALICO_GROUP:
+                return r
+        raise
+
+
 ALL = ("pods", "services", "deployments", "replicasets")  # kubectl's "all" category, as served here
 
 
@@ -493,7 +509,7 @@ def parse_kinds(text: str) -> list[Resource]:
     for part in text.split(","):
         if not part:
             continue
-        for r in ([BY_PLURAL[p] for p in ALL] if part.lower() == "all" else [resource_of(aks.kind_of(part))]):
+        for r in ([BY_PLURAL[p] for p in ALL] if part.lower() == "all" else [resource_named(part)]):
             if r not in out:
                 out.append(r)
     if not out:
@@ -512,7 +528,7 @@ def parse_targets(args: Sequence[str]) -> list[tuple[Resource, str | None]]:
             if not sep or not name:
                 raise cli.CliError(f"there is no need to specify a resource type as a separate argument when "
                                    f"passing arguments in resource/name form (e.g. 'hcinet get {a}/NAME')")
-            out.append((resource_of(aks.kind_of(kind)), name))
+            out.append((resource_named(kind), name))
         return out
     kinds = parse_kinds(args[0])
     names = list(args[1:])
@@ -826,7 +842,7 @@ PRINTERS: dict[str, Printer] = {
 def table_lines(res: Resource, objs: Sequence[Obj], *, wide: bool, with_namespace: bool, with_kind: bool,
                 now: datetime) -> list[str]:
     """One kind's table.  ``with_kind``: NAME as ``kind/name`` (several kinds were asked)."""
-    p = PRINTERS.get(res.plural, Printer(("AGE",), (), _age_only(lambda o: [])))
+    p = PRINTERS.get(res.store_key, Printer(("AGE",), (), _age_only(lambda o: [])))
     if p.named:
         headers = ["NAME", *p.columns, *(p.wide if wide else ())]
     else:  # events: the wide columns replace the narrow ones
@@ -855,7 +871,7 @@ async def get(api: Api, targets: Sequence[tuple[Resource, str | None]], *, names
     found: dict[str, tuple[Resource, list[Obj]]] = {}
     query = {"labelSelector": selector} if selector else None
     for res, name in targets:
-        bucket = found.setdefault(res.plural, (res, []))[1]
+        bucket = found.setdefault(res.store_key, (res, []))[1]
         status, body = await api("GET", object_path(res, namespace, name), None if name else query, None)
         if status >= 400:
             report.error(status_error(status, body))
@@ -1296,7 +1312,39 @@ async def cmd_apply(ns: argparse.Namespace) -> int:
         raise cli.CliError("must specify one of -f and -k")
     manifests, errors = load(ns.filename, ns.recursive, ns.namespace)
     api = await aks.cluster_api(ns) if manifests else _no_api
-    return (await apply(api, manifests, errors)).emit()
+    report = await apply(api, manifests, errors)
+    if any(is_policy(m.res) for m in manifests):
+        cluster, plugin = await cluster_plugin(ns)
+        warning = policy_warning(cluster, plugin)
+        if warning:
+            report.err.insert(0, warning)
+    return report.emit()
+
+
+POLICY_KINDS = frozenset({("networking.k8s.io", "NetworkPolicy"), (CALICO_GROUP, "NetworkPolicy"),
+                          (CALICO_GROUP, "GlobalNetworkPolicy")})
+
+
+def is_policy(res: Resource) -> bool:
+    return (res.group, res.kind) in POLICY_KINDS
+
+
+def policy_warning(cluster: str, plugin: str) -> str | None:
+    """What ``apply`` of a network policy prints into a cluster that cannot enforce it."""
+    if plugin != "flannel":
+        return None
+    return (f"Warning: cluster {cluster} uses flannel, which does not enforce network policy; "
+            "the policy is stored but not enforced")
+
+
+async def cluster_plugin(ns: argparse.Namespace) -> tuple[str, str]:
+    """(the chosen cluster, its ``primaryNetworkPlugin``) from the MOC cloud agent's status."""
+    name = await aks.pick_cluster(ns)
+    status = await aks.moc_call(ns, "status", timeout=10.0)
+    for c in aks.items_of(status.get("clusters") if isinstance(status, dict) else None):
+        if c.get("name") == name:
+            return name, str(c.get("primaryNetworkPlugin") or "calico")
+    return name, "calico"
 
 
 async def _no_api(method: str, path: str, query: Mapping[str, str] | None, body: Any) -> tuple[int, Any]:

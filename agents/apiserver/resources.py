@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CALICO_GROUP = "projectcalico.org"  # the Calico API server's group (projectcalico.org/v3)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resource:
@@ -32,6 +34,16 @@ class Resource:
     @property
     def list_kind(self) -> str:
         return self.kind + "List"
+
+    @property
+    def group_kind(self) -> tuple[str, str]:
+        return (self.group, self.kind)
+
+    @property
+    def store_key(self) -> str:
+        """The store's table for this resource: the plural, except for Calico's resources,
+        whose plurals collide with Kubernetes' own (both groups serve ``networkpolicies``)."""
+        return self.qualified if self.group == CALICO_GROUP else self.plural
 
 
 RESOURCES: tuple[Resource, ...] = (
@@ -57,11 +69,31 @@ RESOURCES: tuple[Resource, ...] = (
              namespaced=True, has_status=False),
     Resource(plural="ingresses", group="networking.k8s.io", version="v1", kind="Ingress", namespaced=True,
              has_status=True),
+    # Calico's own API (served by the Calico API server beside Kubernetes'): policy, pools, hosts
+    Resource(plural="networkpolicies", group=CALICO_GROUP, version="v3", kind="NetworkPolicy", namespaced=True,
+             has_status=False),
+    Resource(plural="globalnetworkpolicies", group=CALICO_GROUP, version="v3", kind="GlobalNetworkPolicy",
+             namespaced=False, has_status=False),
+    Resource(plural="ippools", group=CALICO_GROUP, version="v3", kind="IPPool", namespaced=False,
+             has_status=False),
+    Resource(plural="hostendpoints", group=CALICO_GROUP, version="v3", kind="HostEndpoint", namespaced=False,
+             has_status=False),
 )
 
 BY_PATH: dict[tuple[str, str, str], Resource] = {(r.group, r.version, r.plural): r for r in RESOURCES}
-BY_PLURAL: dict[str, Resource] = {r.plural: r for r in RESOURCES}
-BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES}
+# A bare plural or kind names Kubernetes' own resource (as kubectl resolves ``networkpolicies``
+# to networking.k8s.io); Calico's are reached by their qualified name
+# (``networkpolicies.projectcalico.org``, as ``kubectl get`` with the Calico API server) or by
+# (group, kind).
+BY_PLURAL: dict[str, Resource] = {
+    **{r.qualified: r for r in RESOURCES},
+    **{r.plural: r for r in reversed(RESOURCES) if r.group != CALICO_GROUP},
+    **{r.plural: r for r in RESOURCES if r.group == CALICO_GROUP and r.kind != "NetworkPolicy"},
+}
+BY_GROUP_KIND: dict[tuple[str, str], Resource] = {r.group_kind: r for r in RESOURCES}
+BY_KIND: dict[str, Resource] = {r.kind: r for r in reversed(RESOURCES) if r.group != CALICO_GROUP}
+for _r in RESOURCES:
+    BY_KIND.setdefault(_r.kind, _r)
 GROUP_VERSIONS: dict[str, str] = {r.group: r.version for r in RESOURCES if r.group}
 
 

@@ -389,15 +389,15 @@ class Store:
         body = json.dumps(obj, separators=(",", ":"))
         if etype == "DELETED":
             self._db.execute("DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
-                             (res.plural, ns, name))
-            self._objs.get(res.plural, {}).pop((ns, name), None)
+                             (res.store_key, ns, name))
+            self._objs.get(res.store_key, {}).pop((ns, name), None)
         else:
             self._db.execute("INSERT OR REPLACE INTO objects (resource, namespace, name, rv, body) "
-                             "VALUES (?, ?, ?, ?, ?)", (res.plural, ns, name, rv, body))
-            self._objs.setdefault(res.plural, {})[(ns, name)] = (rv, body)
+                             "VALUES (?, ?, ?, ?, ?)", (res.store_key, ns, name, rv, body))
+            self._objs.setdefault(res.store_key, {})[(ns, name)] = (rv, body)
         self._db.execute("INSERT INTO events (rv, resource, namespace, name, type, body) VALUES (?, ?, ?, ?, ?, ?)",
-                         (rv, res.plural, ns, name, etype, body))
-        ev = Event(etype, rv, res.plural, ns, name, body)
+                         (rv, res.store_key, ns, name, etype, body))
+        ev = Event(etype, rv, res.store_key, ns, name, body)
         self._history.append(ev)
         while len(self._history) > self.history_size:
             self.compacted = self._history.popleft().rv
@@ -414,7 +414,7 @@ class Store:
         return ("" if not res.namespaced else (ns or ""), name)
 
     def _current(self, res: Resource, ns: str | None, name: str) -> tuple[int, Obj]:
-        entry = self._objs.get(res.plural, {}).get(self._key(res, ns, name))
+        entry = self._objs.get(res.store_key, {}).get(self._key(res, ns, name))
         if entry is None:
             raise errors.not_found(res, name)
         obj: Obj = json.loads(entry[1])
@@ -425,14 +425,14 @@ class Store:
 
     def exists(self, res: ResLike, ns: str | None, name: str) -> bool:
         r = _res(res)
-        return self._key(r, ns, name) in self._objs.get(r.plural, {})
+        return self._key(r, ns, name) in self._objs.get(r.store_key, {})
 
     def list(self, res: ResLike, ns: str | None = None, *, labels: tuple[Requirement, ...] = (),
              fields: tuple[FieldRequirement, ...] = ()) -> tuple[list[Obj], int]:
         """Matching objects (sorted by namespace, name) and the list's resourceVersion."""
         r = _res(res)
         items = []
-        table = self._objs.get(r.plural, {})
+        table = self._objs.get(r.store_key, {})
         for key in sorted(table):
             if ns is not None and r.namespaced and key[0] != ns:
                 continue
@@ -442,17 +442,17 @@ class Store:
         return items, self.rv
 
     def count(self, res: ResLike) -> int:
-        return len(self._objs.get(_res(res).plural, {}))
+        return len(self._objs.get(_res(res).store_key, {}))
 
     # -- writes --
 
     def add_admission(self, res: ResLike, fn: Admit) -> None:
-        self.admission.setdefault(_res(res).plural, []).append(fn)
+        self.admission.setdefault(_res(res).store_key, []).append(fn)
 
     def _admit(self, op: str, r: Resource, new: Obj | None, old: Obj | None) -> FinishList:
         finish: FinishList = []
         try:
-            for fn in self.admission.get(r.plural, ()):
+            for fn in self.admission.get(r.store_key, ()):
                 f = fn(op, r, new, old)
                 if f is not None:
                     finish.append(f)
@@ -479,7 +479,7 @@ class Store:
         obj = {"apiVersion": r.api_version, "kind": r.kind, **obj}
         obj["apiVersion"], obj["kind"] = r.api_version, r.kind
         meta = obj["metadata"]
-        finish = self._admit("CREATE", r, obj, None) if r.plural in self.admission else []
+        finish = self._admit("CREATE", r, obj, None) if r.store_key in self.admission else []
         try:
             if self.validator is not None:
                 self.validator(r, obj, None)
@@ -488,7 +488,7 @@ class Store:
                 raise errors.StatusError(422, "Invalid", f'{r.kind} "" is invalid: metadata.name: Required value: '
                                          "name or generateName is required")
             ns = meta.get("namespace", "") if r.namespaced else ""
-            if self._key(r, ns, name) in self._objs.get(r.plural, {}):
+            if self._key(r, ns, name) in self._objs.get(r.store_key, {}):
                 raise errors.already_exists(r, name)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = timestamp(self.clock())
@@ -564,7 +564,7 @@ class Store:
         for key in ("uid", "creationTimestamp", "namespace"):  # immutable, server-owned
             if key in old_meta:
                 meta[key] = old_meta[key]
-        finish = self._admit("UPDATE", r, new, cur) if r.plural in self.admission else []
+        finish = self._admit("UPDATE", r, new, cur) if r.store_key in self.admission else []
         try:
             meta["generation"] = old_meta.get("generation", 1)
             if subresource is None and _spec_part(new) != _spec_part(cur):
@@ -598,7 +598,7 @@ class Store:
                 raise errors.conflict(r, name, f"Precondition failed: ResourceVersion in precondition: "
                                       f"{want_rv}, ResourceVersion in object meta: {cur_rv}")
         ns_key = self._key(r, ns, name)[0]
-        finish = self._admit("DELETE", r, None, cur) if r.plural in self.admission else []
+        finish = self._admit("DELETE", r, None, cur) if r.store_key in self.admission else []
         try:
             out = self._write(r, ns_key, name, "DELETED", cur)
         except BaseException:
@@ -619,13 +619,13 @@ class Store:
         N older than the history raises 410 Gone, N newer than the store 504 (as Kubernetes).
         """
         r = _res(res)
-        sub = Subscription(self, r.plural, ns if r.namespaced else None, labels, fields, callback)
+        sub = Subscription(self, r.store_key, ns if r.namespaced else None, labels, fields, callback)
         if since is None:
             items, _ = self.list(r, ns, labels=labels, fields=fields)
             initial = []
             for obj in items:
                 meta = obj["metadata"]
-                initial.append(Event("ADDED", int(meta["resourceVersion"]), r.plural, meta.get("namespace", ""),
+                initial.append(Event("ADDED", int(meta["resourceVersion"]), r.store_key, meta.get("namespace", ""),
                                      meta["name"], json.dumps(obj, separators=(",", ":"))))
         else:
             if since < self.compacted:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import errors
-from .resources import Resource
+from .resources import BY_KIND, Resource
 
 # --- messages (apimachinery/pkg/util/validation) -------------------------------------------
 
@@ -225,13 +225,44 @@ def check_type(res: Resource, obj: Any) -> None:
 # --- per-kind checks -------------------------------------------------------------------------
 
 Check = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], list[FieldError]]
-VALIDATORS: dict[str, list[Check]] = {}
+GroupKind = tuple[str, str]
 
 
-def register_validator(kind: str) -> Callable[[Check], Check]:
-    """Append a check for ``kind`` (later steps: deep Pod/Service/NetworkPolicy validation)."""
+def group_kind(key: str | GroupKind) -> GroupKind:
+    """``(group, kind)``; a bare kind is Kubernetes' own (``NetworkPolicy`` =
+    networking.k8s.io: Calico's is ``("projectcalico.org", "NetworkPolicy")``)."""
+    if isinstance(key, tuple):
+        return key
+    res = BY_KIND.get(key)
+    return (res.group if res is not None else "", key)
+
+
+class _Validators(dict[GroupKind, list[Check]]):
+    """Checks keyed by (group, kind) -- both API groups have a NetworkPolicy; a bare kind
+    still works as a key and means Kubernetes' resource of that kind."""
+
+    def __getitem__(self, key: str | GroupKind) -> list[Check]:
+        return super().__getitem__(group_kind(key))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str | tuple) and super().__contains__(group_kind(key))
+
+    def get(self, key: str | GroupKind, default: Any = None) -> Any:
+        return super().get(group_kind(key), default)
+
+    def setdefault(self, key: str | GroupKind, default: Any = None) -> Any:
+        return super().setdefault(group_kind(key), default)
+
+
+VALIDATORS: _Validators = _Validators()
+
+
+def register_validator(kind: str, group: str | None = None) -> Callable[[Check], Check]:
+    """Append a check for ``kind`` of ``group`` (None: Kubernetes' resource of that kind)."""
+    key = group_kind(kind) if group is None else (group, kind)
+
     def deco(fn: Check) -> Check:
-        VALIDATORS.setdefault(kind, []).append(fn)
+        VALIDATORS.setdefault(key, []).append(fn)
         return fn
     return deco
 
@@ -694,13 +725,137 @@ class _GoRepr(str):
     """A value already in Go's ``%#v`` form (printed as is)."""
 
 
+# --- network policy: both groups, through the policy model (agents/policy/model.py) ----------
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _value_at(obj: Any, path: str) -> Any:
+    """The value at a field path such as ``spec.ingress[0].from[1].ipBlock.cidr`` (None if absent)."""
+    cur = obj
+    for name, index in _PATH_PART.findall(path):
+        if name:
+            cur = cur.get(name) if isinstance(cur, Mapping) else None
+        else:
+            cur = cur[int(index)] if isinstance(cur, list) and int(index) < len(cur) else None
+        if cur is None:
+            return None
+    return cur
+
+
+def _policy_errors(obj: Mapping[str, Any], convert: Callable[[Mapping[str, Any]], Any],
+                   skip: tuple[str, ...] = ()) -> list[FieldError]:
+    """The policy model's verdict on ``obj`` as one field error naming the field (and, for a
+    selector, the position in the expression)."""
+    try:
+        convert(obj)
+    except NotImplementedError:
+        return []
+    except ValueError as exc:  # PolicyError | SelectorError: "<path>: <message>"
+        path = str(getattr(exc, "path", "") or "spec")
+        if any(path.startswith(p) for p in skip):
+            return []  # reported by an earlier check, in upstream's words
+        text = str(exc)
+        detail = text[len(path) + 2:] if text.startswith(path + ": ") else text
+        value = _value_at(obj, path)
+        return [invalid(path, "" if value is None else value, detail)]
+    return []
+
+
+@register_validator("NetworkPolicy")
+def _netpol_model(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    from agents.policy.model import from_kubernetes
+
+    return _policy_errors(obj, from_kubernetes, skip=("spec.policyTypes",))
+
+
+def _calico_policy(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    from agents.policy.model import from_calico
+
+    return _policy_errors(obj, from_calico)
+
+
+CALICO = "projectcalico.org"
+register_validator("NetworkPolicy", CALICO)(_calico_policy)
+register_validator("GlobalNetworkPolicy", CALICO)(_calico_policy)
+ENCAP_MODES = ["Always", "CrossSubnet", "Never"]
+
+
+@register_validator("IPPool", CALICO)
+def _ippool(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    """Calico's IPPool checks: a CIDR, a block size that fits it (v4 20..32, v6 116..128),
+    encapsulation modes, at most one of IPIP and VXLAN."""
+    spec = _obj(obj.get("spec"))
+    out: list[FieldError] = []
+    cidr = spec.get("cidr")
+    net = None
+    if not cidr:
+        out.append(required("spec.cidr"))
+    else:
+        try:
+            net = ipaddress.ip_network(str(cidr), strict=False)
+        except ValueError:
+            out.append(invalid("spec.cidr", cidr, "must be a valid CIDR"))
+    size = spec.get("blockSize")
+    if size is not None and net is not None:
+        lo, hi = (20, 32) if net.version == 4 else (116, 128)
+        if not isinstance(size, int) or isinstance(size, bool) or not lo <= size <= hi:
+            out.append(invalid("spec.blockSize", size, f"must be between {lo} and {hi} for an IPv{net.version} pool"))
+        elif size < net.prefixlen:
+            out.append(invalid("spec.blockSize", size, f"must not be smaller than the pool's prefix /{net.prefixlen}"))
+    for key in ("vxlanMode", "ipipMode"):
+        mode = spec.get(key)
+        if mode is not None and mode not in ENCAP_MODES:
+            out.append(not_supported(f"spec.{key}", mode, ENCAP_MODES))
+    if spec.get("vxlanMode") not in (None, "Never") and spec.get("ipipMode") not in (None, "Never"):
+        out.append(invalid("spec.vxlanMode", spec.get("vxlanMode"), "IPIP and VXLAN cannot both be enabled"))
+    for key in ("natOutgoing", "disabled"):
+        if spec.get(key) is not None and not isinstance(spec.get(key), bool):
+            out.append(invalid(f"spec.{key}", spec.get(key), "must be a boolean"))
+    if spec.get("nodeSelector") is not None:
+        out += _selector_field(spec.get("nodeSelector"), "spec.nodeSelector")
+    return out
+
+
+def _selector_field(text: Any, path: str) -> list[FieldError]:
+    from agents.policy.selector import parse_selector
+
+    if not isinstance(text, str):
+        return [invalid(path, text, "must be a selector expression string")]
+    try:
+        parse_selector(text)
+    except ValueError as exc:
+        return [invalid(path, text, str(exc))]
+    return []
+
+
+@register_validator("HostEndpoint", CALICO)
+def _hostendpoint(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
+    """Calico's HostEndpoint: ``node`` required; ``interfaceName`` or ``expectedIPs`` given."""
+    spec = _obj(obj.get("spec"))
+    out: list[FieldError] = []
+    if not spec.get("node"):
+        out.append(required("spec.node"))
+    ips = _items(spec, "expectedIPs", "spec.expectedIPs", out)
+    for i, ip in enumerate(ips):
+        try:
+            ipaddress.ip_address(str(ip))
+        except ValueError:
+            out.append(invalid(f"spec.expectedIPs[{i}]", ip, "must be a valid IP address"))
+    if not spec.get("interfaceName") and not ips:
+        out.append(required("spec.interfaceName", "at least one of interfaceName and expectedIPs must be specified"))
+    for i, p in enumerate(_items(spec, "ports", "spec.ports", out)):
+        out += _port(_obj(p).get("port"), f"spec.ports[{i}].port")
+    return out
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 
 def validate(res: Resource, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
     """Raise 422 Invalid listing every field error of ``obj`` (``old``: the stored object on update)."""
     errs = metadata_errors(res, obj)
-    for check in VALIDATORS.get(res.kind, ()):
+    for check in VALIDATORS.get(res.group_kind, ()):
         errs += check(obj, old)
     if errs:
         name = _obj(obj.get("metadata")).get("name") or ""

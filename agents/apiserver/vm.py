@@ -13,7 +13,9 @@ client is ever told about a write that a crash could take back.
 
 Config keys (docs/contracts-control-plane.md): ``cluster``, ``vip``, ``state_dir``,
 ``time_scale``, ``kube_vip`` (true: this VM claims the VIP on its first NIC and re-announces it
-every ``Timers.keepalived_advert_int``, the kube-vip role of ``loadBalancerSku: none``).
+every ``Timers.keepalived_advert_int``, the kube-vip role of ``loadBalancerSku: none``),
+``service_cidrs`` (one Service CIDR per IP family; a dual-stack cluster's MOC config gives
+``[10.96.0.0/12, fd00:10:96::/112]``, default the IPv4 one alone).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from agents.timers import Timers
 from agents.vm.runtime import VM, ConfigError, VMConfig, register_kind
 
 from .addons import ensure_addons
+from .calico import cluster_cidrs, ensure_ippools
 from .controllers import Informers, NodeIpam, NodeLifecycle, ensure_kubernetes_service, install_admission
 from .endpointslices import EndpointSliceController
 from .rest import Result, Router, Watch
 from .scheduler import Scheduler
-from .services import ServiceAllocator
+from .services import SERVICE_CIDR, ServiceAllocator
 from .store import Event, Store
 from .workloads import DeploymentController, ReplicaSetController
 
@@ -246,6 +249,16 @@ class ApiServerVM(VM):
         if self.moc is not None and (not isinstance(self.moc, str) or not self.moc.rpartition(":")[2].isdigit()):
             raise ConfigError(f"moc: expected 'IP:port' of the MOC cloud agent, got {self.moc!r}")
         self.cloud: Any = None  # the cloud provider's service controller (with ``moc``)
+        # ``service_cidrs``: --service-cluster-ip-range, one CIDR per family (dual stack: the
+        # IPv4 one, then fd00:10:96::/112); default the IPv4 10.96.0.0/12 alone.
+        cidrs = raw.get("service_cidrs") or [SERVICE_CIDR]
+        if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+            raise ConfigError(f"service_cidrs: expected a list of CIDRs, got {cidrs!r}")
+        try:
+            ServiceAllocator(cidrs)
+        except ValueError as exc:
+            raise ConfigError(f"service_cidrs: {exc}") from None
+        self.service_cidrs = list(cidrs)
 
     # -- life cycle --
 
@@ -257,11 +270,12 @@ class ApiServerVM(VM):
         store = self.store = Store(os.path.join(self.state_dir, "apiserver.sqlite"))
         router = Router(store)
         router.bootstrap()
-        self.allocator = ServiceAllocator()
+        self.allocator = ServiceAllocator(self.service_cidrs)
         self.allocator.install(store)  # ClusterIP / NodePort allocation on Service writes
         install_admission(store)  # DefaultTolerationSeconds on Pod creates
         ensure_kubernetes_service(store, self.node_ip, API_PORT)
         ensure_addons(router)  # CoreDNS: ConfigMap, Deployment, kube-dns Service (create if absent)
+        ensure_ippools(router, cluster_cidrs(self.config.raw))  # Calico's default IPPool(s)
         self.ipam = NodeIpam(store)
         informers = self.informers = Informers(store)
         self.lifecycle = NodeLifecycle(store, self.timers, informers=informers)

@@ -4,7 +4,9 @@ Config keys (docs/contracts-control-plane.md): ``cluster``, ``pool``, ``os`` (li
 ``apiserver``, ``max_pods``, ``time_scale``; optional ``vm_size``, ``network_plugin``
 (``calico`` | ``flannel``, default calico: the cluster's ``primaryNetworkPlugin``),
 ``kube_proxy_mode`` (``iptables`` | ``ipvs``, default iptables), ``ipvs_scheduler`` (``rr`` | ``lc``,
-default rr).
+default rr), ``cluster_cidrs`` (the pod network of each IP family, IPv4 first; a dual-stack
+Calico cluster adds ``fd00:10:244::/56``: Linux pods get an IPv6 address too, Windows pods
+IPv4 only; default ``[10.244.0.0/16]``).
 Windows nodes run the same agents with ``kubernetes.io/os: windows`` and the Windows
 nodeInfo (on the real product the CNI runs as a Windows service; the datapath is the same).
 
@@ -27,7 +29,9 @@ Management verbs beside the plain VM's: ``kubelet`` (registration and heartbeats
 (the pod workers), ``datapath`` (CNI, VXLAN, masquerade, kube-proxy), ``pod_exec
 {namespace, name, argv, input?, container?}`` -> ``{rc, stdout, stderr}``: a tool
 (``ping``, ``curl``, ``nc``, ``nslookup``...) run inside the pod's network namespace,
-``cni_masquerade {exceptions?}`` (the CNI's masquerade exceptions, read or replaced).
+``cni_masquerade {exceptions?}`` (the CNI's masquerade exceptions, read or replaced),
+``pod_probe {namespace, name, targets, timeout?}`` (real connections from a pod, all at once:
+:mod:`.probe`, ``hcinet probe``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ PLUGINS = ("calico", "flannel")
 PROXY_MODES = ("iptables", "ipvs")
 IPVS_SCHEDULERS = ("rr", "lc")
 CLUSTER_DNS = ("10.96.0.10",)
+DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 STATUS_WRITERS = 2
 
 
@@ -94,12 +99,15 @@ class NodeVM(VM):
         self.ipam: CalicoIpamSync | None = None
         self.ipam_gc: Any = None  # Calico: deleted Nodes' blocks released (ipamgc.py)
         self.proxier: Any = None
+        self.felix: Any = None  # Calico: network policy (felix.py); None on Flannel
+        self.host_guard: Any = None  # Calico: the node's own traffic under its HostEndpoint
         self.health: Any = None  # kube-proxy's healthCheckNodePort listeners (healthcheck.py)
         self.pods: Any = None
         self.pod_api: KubePodApi | None = None
         self.network_plugin = "calico"
         self.proxy_mode = "iptables"
         self.ipvs_scheduler = "rr"
+        self.cluster_cidrs = [DEFAULT_CLUSTER_CIDR]
         self.network_error = ""
         self.network_ready = asyncio.Event()
         self._clients: list[Any] = []
@@ -124,6 +132,16 @@ class NodeVM(VM):
         self.ipvs_scheduler = str(raw.get("ipvs_scheduler") or "rr")
         if self.ipvs_scheduler not in IPVS_SCHEDULERS:
             raise ConfigError(f"ipvs_scheduler: expected rr or lc, got {self.ipvs_scheduler!r}")
+        cidrs = raw.get("cluster_cidrs") or [DEFAULT_CLUSTER_CIDR]
+        try:
+            nets = [ipaddress.ip_network(c) for c in cidrs] if isinstance(cidrs, list) else []
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"cluster_cidrs: {exc}") from None
+        if not nets or [n.version for n in nets] not in ([4], [4, 6]):
+            raise ConfigError(f"cluster_cidrs: expected [IPv4 CIDR] or [IPv4 CIDR, IPv6 CIDR], got {cidrs!r}")
+        if len(nets) > 1 and self.network_plugin != "calico":
+            raise ConfigError(f"cluster_cidrs: {self.network_plugin} does not support IPv6 ({nets[1]})")
+        self.cluster_cidrs = [str(n) for n in nets]
         return await super().start()
 
     def build_stack(self) -> Any:
@@ -219,11 +237,15 @@ class NodeVM(VM):
                                on_delete=lambda obj: self._node_deleted(obj, nodes_changed))
         await nodes.wait_synced()
         kwargs: dict[str, Any] = {"node_name": cfg.node, "node_ip": node_ip,
-                                  "node_subnet": self.node_subnet(node_ip), "os": cfg.os}
+                                  "node_subnet": self.node_subnet(node_ip), "os": cfg.os,
+                                  "cluster_cidr": self.cluster_cidrs[0]}
         if self.network_plugin == "flannel":
             kwargs["pod_cidr"] = await self._wait_pod_cidr(nodes, nodes_changed, cfg.node)
         else:
-            self.ipam = CalicoIpamSync(client, cfg.node, windows=cfg.os == "windows")
+            from agents.cni import BlockAllocator
+
+            self.ipam = CalicoIpamSync(client, cfg.node, windows=cfg.os == "windows",
+                                       allocator=BlockAllocator(self.cluster_cidrs))
             self._informer("ipam", client, f"/api/v1/namespaces/{CALICO_IPAM_NAMESPACE}/configmaps",
                            field_selector=f"metadata.name={CALICO_IPAM_CONFIGMAP}",
                            on_add=self._ipam_changed, on_update=lambda _old, new: self._ipam_changed(new),
@@ -241,6 +263,7 @@ class NodeVM(VM):
         self.dstack.attach(self.datapath)
         self._sync_remote_nodes()
         self._start_kube_proxy(client, cfg, timers, node_ip)
+        self._start_felix(client, cfg, node_ip)
         self._start_pods(client, cfg, timers, node_ip)
         self.network_ready.set()
         self._stack().kick()
@@ -293,12 +316,11 @@ class NodeVM(VM):
     # -- kube-proxy --
 
     def _start_kube_proxy(self, client: Any, cfg: KubeletConfig, timers: Timers, node_ip: str) -> None:
-        from agents.cni import CLUSTER_CIDR
         from agents.kubeproxy import Proxier
 
         assert self.dstack is not None
         self.proxier = Proxier(cfg.node, [node_ip], self.proxy_mode, self.ipvs_scheduler, timers=timers,
-                               cluster_cidrs=[CLUSTER_CIDR])
+                               cluster_cidrs=self.cluster_cidrs)
         root = self.dstack.root
         self.proxier.install(root)
         # Replies of masqueraded flows are un-NATed before any rule sees them (conntrack's
@@ -338,6 +360,38 @@ class NodeVM(VM):
             (proxier.delete_slice if deleted else proxier.update_slice)(obj, at, loop_now)
         self.health.sync()  # the healthCheckNodePort listeners follow the Services
         self._stack().kick()
+
+    # -- Felix (network policy, Calico only) --
+
+    def _start_felix(self, client: Any, cfg: KubeletConfig, node_ip: str) -> None:
+        """Calico: Felix's watches feed the policy engine; its enforcer is the datapath's
+        ``policy`` hook and its conntrack expiry rides the datapath stack's timer."""
+        if self.network_plugin != "calico":
+            return
+        from .felix import WATCHES, Felix
+
+        assert self.dstack is not None
+        local = [ip for ip in (node_ip, self.datapath.vtep_address) if ip]
+        felix = self.felix = Felix(cfg.node, local_ips=local, clock=time.perf_counter)
+        assert felix.enforcer is not None
+        self.datapath.policy = felix.enforcer.hook
+        # the node's own traffic under its HostEndpoint's policy (none: one dict lookup)
+        from .felix import HostEndpointGuard
+
+        guard = self.host_guard = HostEndpointGuard(felix, lambda ip: self.datapath.pod_by_ip(ip) is not None)
+        root = self.dstack.root
+        root.hooks["INPUT"].append(guard.input)
+        root.hooks["OUTPUT"].append(guard.output)
+        self.dstack.add_timed(felix)
+        for name, path, kind in WATCHES:
+            self._informer(name, client, path,
+                           on_add=lambda obj, n=name, k=kind: self._felix_event(n, k, obj),
+                           on_update=lambda _old, obj, n=name, k=kind: self._felix_event(n, k, obj),
+                           on_delete=lambda obj, n=name, k=kind: self._felix_event(n, k, obj, deleted=True))
+
+    def _felix_event(self, informer: str, kind: str, obj: Any, *, deleted: bool = False) -> None:
+        self.felix.handle(kind, obj, deleted=deleted, committed_at=self._informers[informer].committed_at)
+        self._stack().kick()  # the enforcer's next deadline may have moved
 
     # -- pods --
 
@@ -394,7 +448,7 @@ class NodeVM(VM):
     def mgmt_handlers(self) -> dict[str, Any]:
         return {**super().mgmt_handlers(), "kubelet": self._m_kubelet, "pods": self._m_pods,
                 "datapath": self._m_datapath, "pod_exec": self._m_pod_exec,
-                "cni_masquerade": self._m_cni_masquerade}
+                "cni_masquerade": self._m_cni_masquerade, "policy": self._m_policy, "pod_probe": self._m_pod_probe}
 
     def _m_kubelet(self, args: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self.kubelet.stats() if self.kubelet is not None else {"registered": False}
@@ -424,8 +478,28 @@ class NodeVM(VM):
                 out["kube_proxy"]["programming_latency_samples_ms"] = self.proxier.latency.samples()
         if self.ipam is not None:
             out["ipam"] = self.ipam.stats()
+            out["ipam"]["block_usage"] = self.ipam.allocator.stats()  # per block: calicoctl ipam show
             if self.ipam_gc is not None:
                 out["ipam"]["gc"] = self.ipam_gc.stats()
+        return out
+
+    def _m_policy(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``policy {latency_samples?}``: Felix's engine and enforcer stats, each local pod's
+        ordered policies, the datapath's ``policy_drops``; Flannel says it does not enforce."""
+        if self.network_plugin == "flannel":
+            from .felix import FLANNEL_VERB
+
+            return dict(FLANNEL_VERB)
+        if self.felix is None or self.datapath is None:
+            return {"enforcing": False, "ready": False, "error": self.network_error}
+        out: dict[str, Any] = self.felix.stats(list(self.datapath.pods),
+                                               latency_samples=bool(args.get("latency_samples")))
+        out["ready"] = True
+        out["policy_drops"] = self.datapath.counters["policy_drops"]
+        if self.host_guard is not None:
+            out["host_endpoint"] = {"key": self.host_guard.key,
+                                    "present": self.felix.engine.endpoint(self.host_guard.key) is not None,
+                                    **self.host_guard.counters}
         return out
 
     def _m_cni_masquerade(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -468,6 +542,34 @@ class NodeVM(VM):
         except (LookupError, RuntimeError) as exc:
             raise MgmtError(str(exc)) from None
         return {"rc": rc, "stdout": out, "stderr": err}
+
+    async def _m_pod_probe(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``pod_probe {namespace, name, targets: [[ip, port, proto], ...], timeout?}`` ->
+        ``{results: [{ip, port, protocol, allowed, reason}]}``: real connections from the pod's
+        network namespace, all at once (:mod:`.probe`; ``hcinet probe``)."""
+        from . import probe
+
+        namespace = mgmt.require(args, "namespace", str) if "namespace" in args else "default"
+        name = mgmt.require(args, "name", str)
+        try:
+            targets = probe.parse_targets(args.get("targets"))
+        except probe.ProbeError as exc:
+            raise MgmtError(str(exc)) from None
+        cfg = self.kubelet_config
+        timeout = args.get("timeout")
+        if timeout is None:
+            scale = cfg.time_scale if cfg is not None else 1.0
+            timeout = max(probe.MIN_TIMEOUT, Timers(scale).scaled(probe.DEFAULT_TIMEOUT))
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 60:
+            raise MgmtError("timeout: expected seconds within (0, 60]")
+        worker = self.pods.workers.get(f"{namespace}/{name}") if self.pods is not None else None
+        if worker is None:
+            raise MgmtError(f'pods "{name}" not found on node {self.name}')
+        if worker.net is None or worker.record.phase() != "Running":
+            raise MgmtError(f"pod {namespace}/{name} is not running (phase {worker.record.phase()})")
+        ips = list(getattr(worker.podnet, "ips", None) or worker.record.ips or [])
+        return {"results": await probe.probe_all(worker.net, ips, targets, float(timeout)),
+                "timeout": float(timeout)}
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()

@@ -99,6 +99,10 @@ class Decision:
 
 
 NO_POLICY = Decision(True, None, "no-policy")
+# Calico: "If a host endpoint is added and network policy is not in place, the Calico default is
+# to deny traffic to/from that endpoint (except for traffic allowed by failsafe rules)"; the
+# failsafe ports are the node's business (agents/node/felix.py), not the engine's.
+HOST_NO_POLICY = Decision(False, None, "host-endpoint-default-deny")
 UNKNOWN_ENDPOINT = Decision(True, None, "unknown-endpoint")
 
 _ALLOW, _DENY, _LOG, _PASS = "Allow", "Deny", "Log", "Pass"
@@ -584,7 +588,7 @@ class PolicyEngine:
             if ch is None:
                 return UNKNOWN_ENDPOINT
         if ch.empty:
-            return NO_POLICY
+            return HOST_NO_POLICY if self._endpoints[ep_key].host else NO_POLICY
         if peer is None and peer_ip is not None:
             pkey = self._by_ip.get(peer_ip)
             if pkey is not None:

@@ -242,6 +242,9 @@ def test_calico_semantics(case: tuple[Any, ...]) -> None:
 def test_default_decisions_are_named() -> None:
     e = make_engine()
     assert e.decide("prod/web", "ingress", "10.0.1.12", TCP, 80) == Decision(True, None, "no-policy")
+    # a host endpoint no policy applies to is denied (Calico's default; failsafe ports are the node's)
+    assert make_engine().decide("host:node1", "ingress", "10.0.1.12", TCP, 80) == \
+        Decision(False, None, "host-endpoint-default-deny")
     e.set_policy(from_kubernetes(DENY_ALL_IN))
     assert e.decide("prod/web", "ingress", "10.0.1.12", TCP, 80) == Decision(False, None, "default-deny")
     e.set_policy(from_calico(gnp("pass", order=1, ingress=[{"action": "Pass"}])))
@@ -419,7 +422,7 @@ def ref_decide(e: PolicyEngine, key: str, direction: str, peer_ip: str, proto: i
     local_ip = next((i for i in ep.ips if (6 if ":" in i else 4) == fam), None)
     pols = [p for p in e.policies() if e._applies(p, ep, direction)]
     if not pols:
-        return True, None
+        return not ep.host, None  # a host endpoint without policy: Calico denies (failsafes aside)
     for pol in pols:
         for rule in (pol.ingress if direction == "ingress" else pol.egress):
             if rule.protocol is not None and rule.protocol != proto:
