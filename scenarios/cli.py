@@ -903,6 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
     from scenarios import run as scenario_run  # hcinet run FILE (step 4)
 
     scenario_run.add_parser(sub)
+    from scenarios import policy  # policy matrix, probe, calicoctl (step 5)
+
+    policy.add_parsers(sub)
     return parser
 
 
