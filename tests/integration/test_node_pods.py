@@ -135,9 +135,12 @@ def test_pods_get_addresses_become_ready_and_reach_each_other_over_vxlan(
     assert r["stdout"].split(":")[0] == far["status"]["podIP"], "pod to pod is not masqueraded"
     assert d.vm(NODE1, "datapath")["counters"]["vxlan_tx"] > 0
     assert d.vm(NODE0, "datapath")["counters"]["vxlan_rx"] > 0
-    events = d.ok("GET", "/api/v1/namespaces/default/events")["items"]
-    reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == "web"]
-    assert reasons[:4] == ["Pulling", "Pulled", "Created", "Started"], reasons
+    # the kubelet records events asynchronously (as its event broadcaster does): wait for the four
+    def reasons() -> list[str] | None:
+        events = d.ok("GET", "/api/v1/namespaces/default/events")["items"]
+        got = [e["reason"] for e in events if e["involvedObject"]["name"] == "web"]
+        return got if len(got) >= 4 else None
+    assert wait_for(reasons, SETTLE, "web's four events")[:4] == ["Pulling", "Pulled", "Created", "Started"]
     # deletion: the kubelet stops the app and CNI DEL releases the address
     d.ok("DELETE", "/api/v1/namespaces/default/pods/web")
     wait_for(lambda: "default/web" not in d.vm(NODE0, "datapath")["pods"], SETTLE, "CNI DEL of web")
