@@ -211,6 +211,41 @@ def test_coredns_answers_aaaa_for_the_service(dual: Dual) -> None:
     assert f"web.{NS}.svc.cluster.local" in r["stdout"]
 
 
+V6_ONLY_POLICY = f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-from-v6-pods, namespace: {NS}}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+    - from: [{{ipBlock: {{cidr: "fd00:10:244::/56"}}}}]
+      ports: [{{port: http}}]
+"""
+
+
+def test_a_policy_with_an_ipv6_cidr_admits_v6_and_drops_v4(dual: Dual, tmp_path: Path) -> None:
+    """An ipBlock of the IPv6 pod pool: a pod reaches web over IPv6, and its IPv4 connection
+    (the same pods, the other family) is dropped: it times out, it is not refused."""
+    pods = dual.pods()
+    web = next(p for p in pods.values() if p["metadata"].get("labels", {}).get("app") == "web")
+    v4, v6 = web["status"]["podIP"], v6_of(web)
+    path = tmp_path / "v6-policy.yaml"
+    path.write_text(V6_ONLY_POLICY)
+    rc, out, err = dual.hcinet("apply", "-f", str(path))
+    assert rc == 0, err
+    try:
+        def v4_dropped() -> dict[str, Any] | None:
+            r = dual.exec("client-1", "curl", "-s", "-S", "-m", "1", f"http://{v4}:8080/hostname")
+            return r if r["rc"] != 0 else None
+        r = wait_for(v4_dropped, SETTLE, "the IPv4 connection dropped")
+        assert r["rc"] == 28, r
+        r = dual.exec("client-1", "curl", "-s", "-S", "-m", "3", f"http://[{v6}]:8080/hostname")
+        assert r["rc"] == 0 and r["stdout"].strip() == web["metadata"]["name"], r
+    finally:
+        rc, out, err = dual.hcinet("delete", "-f", str(path))
+        assert rc == 0, err
+
+
 def test_flannel_dual_stack_is_refused_with_a_clear_error(dual: Dual) -> None:
     with pytest.raises(schema.ScenarioError) as exc:
         schema.loads(SCENARIO.format(name="x", cluster="fl", plugin="flannel", time_scale=TIME_SCALE))
