@@ -112,13 +112,14 @@ class Felix:
     """
 
     def __init__(self, node: str, *, local_ips: Iterable[str], clock: Callable[[], float],
-                 enforce: bool = True) -> None:
+                 enforce: bool = True, forwarded_snat: Callable[[tuple[Any, ...]], bool] | None = None) -> None:
         self.node = node
         self.clock = clock
         self.local_ips = frozenset(local_ips)  # the node's own addresses
         self.engine = PolicyEngine()
         self.enforcer: PolicyEnforcer | None = (
-            PolicyEnforcer(self.engine, local_ips=self.local_ips) if enforce else None)
+            PolicyEnforcer(self.engine, local_ips=self.local_ips, forwarded_snat=forwarded_snat)
+            if enforce else None)
         self.latency = ProgrammingLatency()
         self.counts: dict[str, int] = {"events": 0, "malformed": 0, "policies": 0, "endpoints": 0,
                                        "host_endpoints": 0, "namespaces": 0}

@@ -372,7 +372,8 @@ class NodeVM(VM):
 
         assert self.dstack is not None
         local = [ip for ip in (node_ip, self.datapath.vtep_address) if ip]
-        felix = self.felix = Felix(cfg.node, local_ips=local, clock=time.perf_counter)
+        felix = self.felix = Felix(cfg.node, local_ips=local, clock=time.perf_counter,
+                                   forwarded_snat=self._kube_proxy_snat)
         assert felix.enforcer is not None
         self.datapath.policy = felix.enforcer.hook
         # the node's own traffic under its HostEndpoint's policy (none: one dict lookup)
@@ -388,6 +389,15 @@ class NodeVM(VM):
                            on_add=lambda obj, n=name, k=kind: self._felix_event(n, k, obj),
                            on_update=lambda _old, obj, n=name, k=kind: self._felix_event(n, k, obj),
                            on_delete=lambda obj, n=name, k=kind: self._felix_event(n, k, obj, deleted=True))
+
+    def _kube_proxy_snat(self, pkt: tuple[Any, ...]) -> bool:
+        """Is ``pkt`` (node address -> local pod) a forwarded flow kube-proxy SNATed to this
+        node (externalTrafficPolicy: Cluster, hairpin), rather than the node's own traffic?
+        Its reply tuple is in kube-proxy's conntrack with the SNAT."""
+        from agents.kubeproxy.conntrack import REPLY
+
+        ent = self.proxier.conntrack.table.get((pkt[2], pkt[1], pkt[5], pkt[0], pkt[4])) if self.proxier else None
+        return ent is not None and ent[1] == REPLY and bool(ent[0].snat)
 
     def _felix_event(self, informer: str, kind: str, obj: Any, *, deleted: bool = False) -> None:
         self.felix.handle(kind, obj, deleted=deleted, committed_at=self._informers[informer].committed_at)

@@ -28,7 +28,7 @@ not a local pod).  Nothing reads a clock: ``now`` is passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agents.kubeproxy.conntrack import INVALID, ORIGINAL, Conntrack, Flow
@@ -79,9 +79,14 @@ class PolicyEnforcer:
     """``NodeDatapath.policy``: ``hook(pod, direction, pkt, now) -> pkt | None``."""
 
     def __init__(self, engine: PolicyEngine, *, local_ips: Iterable[str] = (),
-                 timeouts: Mapping[int, Mapping[str, float]] | None = None) -> None:
+                 timeouts: Mapping[int, Mapping[str, float]] | None = None,
+                 forwarded_snat: Callable[[tuple[Any, ...]], bool] | None = None) -> None:
         self.engine = engine
         self.local_ips = frozenset(local_ips)
+        # A packet from a node address is the node's own (always allowed) unless the node
+        # only SNATed a forwarded flow to its address (kube-proxy, externalTrafficPolicy:
+        # Cluster): then the policy judges it by that address, the one the pod sees.
+        self.forwarded_snat = forwarded_snat
         self.ct = Conntrack({k: v for k, v in (timeouts or {}).items() if k in _PORT_PROTOS})
         # ICMP echo: nf_conntrack_icmp_timeout / nf_conntrack_icmpv6_timeout (the kube-proxy
         # table applies a fixed 30 s to protocols it has no table for)
@@ -180,7 +185,7 @@ class PolicyEnforcer:
     def _allowed(self, pod: Any, direction: str, pkt: tuple[Any, ...]) -> bool:
         src, dst, proto = pkt[0], pkt[1], pkt[2]
         peer_ip = dst if direction == EGRESS else src
-        if peer_ip in self.local_ips:
+        if peer_ip in self.local_ips and (self.forwarded_snat is None or not self.forwarded_snat(pkt)):
             self.counters["node_local"] += 1
             return True
         if proto == P.ICMP or proto == P.ICMPV6:

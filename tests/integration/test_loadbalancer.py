@@ -266,6 +266,54 @@ def test_the_client_address_a_pod_sees_and_the_proxy_protocol_carrying_the_origi
         assert clientip(c, f"http://{vips['solo-pp']}:8081/clientip") == client
 
 
+def only_from(name: str, app: str, port: int, cidrs: list[str]) -> str:
+    peers = ", ".join(f"{{ipBlock: {{cidr: {c}}}}}" for c in cidrs)
+    return f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  podSelector: {{matchLabels: {{app: {app}}}}}
+  ingress: [{{from: [{peers}], ports: [{{port: {port}}}]}}]
+"""
+
+
+def test_policy_sees_the_node_under_cluster_and_the_lb_vm_under_local(
+        deployment: tuple[Cluster, str], vips: dict[str, str], tmp_path: Path) -> None:
+    """What a pod's ingress policy judges is the address the data plane presents: under
+    ``externalTrafficPolicy: Cluster`` the node that SNATed the flow (also when the pod is on
+    that same node: a SNATed forwarded flow is not the node's own traffic), under ``Local``
+    the LB VM (HAProxy's own connection).  Allowing the other address drops the traffic."""
+    c, _ = deployment
+    ips = vm_ips(c)
+    lb = [f"{ip}/32" for ip in ips[LB_VM]]
+    nodes = [f"{ip}/32" for n in NODES for ip in ips[n]]
+
+    def apply(text: str) -> None:
+        path = tmp_path / "policy.yaml"
+        path.write_text(text)
+        rc, out, err = c.hcinet("apply", "-f", str(path))
+        assert rc == 0, (out, err)
+
+    def answers(url: str) -> bool:
+        return curl(c, "client-ext", url, m=1.0)[0] == 0
+
+    web, solo = f"http://{vips['web-lb']}/hostname", f"http://{vips['solo-local']}:8080/hostname"
+    try:
+        apply(only_from("web-ingress", "web", 8080, lb) + "---" + only_from("solo-ingress", "solo", 8080, lb))
+        wait_for(lambda: not answers(web) or None, SETTLE, "Cluster: the LB VM's address is not what the pods see")
+        assert answers(solo)  # Local: the LB VM is the client the pod sees
+        assert not any(answers(web) for _ in range(4))  # whichever node HAProxy picks
+        apply(only_from("web-ingress", "web", 8080, nodes) + "---" + only_from("solo-ingress", "solo", 8080, nodes))
+        wait_for(lambda: answers(web) or None, SETTLE, "Cluster: allowed from the nodes")
+        wait_for(lambda: not answers(solo) or None, SETTLE, "Local: the nodes are not what the pod sees")
+        assert all(answers(web) for _ in range(4))
+    finally:
+        for name in ("web-ingress", "solo-ingress"):
+            c.api("DELETE", f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/{name}")
+    wait_for(lambda: answers(solo) or None, SETTLE, "no policy: solo answering again")
+
+
 def inter_s(c: Cluster, backend: str) -> tuple[float, int, int]:
     """``inter`` (wall seconds), ``rise`` and ``fall`` of the backend's servers, from the
     haproxy.cfg the LB VM runs (``check inter 100ms rise 2 fall 3``)."""

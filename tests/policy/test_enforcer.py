@@ -199,6 +199,19 @@ def test_node_local_traffic_always_allowed() -> None:
     assert enf.stats()["node_local"] == 1
 
 
+def test_a_flow_snated_to_the_node_is_judged_by_the_node_address_not_exempted() -> None:
+    """kube-proxy SNATs an externalTrafficPolicy: Cluster flow to the node: the packet comes from
+    a node address but is not the node's own traffic, so the policy judges that address."""
+    e, _ = make(DENY_ALL)
+    snated = {(6, NODE_IP, 31000)}  # (proto, src, sport) of flows kube-proxy SNATed
+    enf = PolicyEnforcer(e, local_ips=[NODE_IP], forwarded_snat=lambda pkt: (pkt[2], pkt[0], pkt[4]) in snated)
+    c = CLIENT.ips[0]
+    assert enf.hook(CLIENT, "ingress", syn(NODE_IP, c, 31000, 8080), 0.0) is None       # SNATed: denied
+    assert enf.hook(CLIENT, "ingress", syn(NODE_IP, c, 40000, 8080), 0.0) is not None   # the node's own
+    e.set_policy(from_kubernetes(knp("from-node", ingress=[{"from": [{"ipBlock": {"cidr": f"{NODE_IP}/32"}}]}])))
+    assert enf.hook(CLIENT, "ingress", syn(NODE_IP, c, 31000, 8081), 0.0) is not None   # allowed as the node
+
+
 def test_tcp_reopen_after_close_reevaluates() -> None:
     engine, enf = make()
     c = CLIENT.ips[0]
