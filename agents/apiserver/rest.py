@@ -384,7 +384,10 @@ class Router:
 
 
 def _default_namespace(obj: Obj) -> None:
-    obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+    if obj.get("spec") is None:
+        obj["spec"] = {}
+    if isinstance(obj["spec"], dict):  # anything else is validation's to refuse
+        obj["spec"].setdefault("finalizers", ["kubernetes"])
     obj["status"] = {"phase": "Active"}
 
 

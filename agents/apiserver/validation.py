@@ -220,6 +220,21 @@ def check_type(res: Resource, obj: Any) -> None:
     if kind != res.kind:
         raise errors.bad_request(f"{kind} in version \"{res.version}\" cannot be handled as a {res.kind}: "
                                  f"the kind in the data ({kind}) does not match the expected kind ({res.kind})")
+    for field in ("spec", "status"):  # structs in every kind that has them: JSON decoding refuses the rest
+        value = obj.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise errors.bad_request(f"{res.kind} in version \"{res.version}\" cannot be handled as a {res.kind}: "
+                                     f"json: cannot unmarshal {_json_type(value)} into Go struct field "
+                                     f"{res.kind}.{field}")
+
+
+def _json_type(value: Any) -> str:
+    """Go's encoding/json names for a JSON value's type in unmarshal errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array"}.get(type(value), "object")
 
 
 # --- per-kind checks -------------------------------------------------------------------------

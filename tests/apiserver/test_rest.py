@@ -185,7 +185,8 @@ json_values = st.recursive(
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["POST", "PUT", "PATCH"]), plural=st.sampled_from(
     ["nodes", "pods", "services", "endpoints", "endpointslices", "deployments", "leases", "secrets",
-     "configmaps", "events", "networkpolicies", "ingresses", "namespaces"]), body=json_values,
+     "configmaps", "events", "networkpolicies", "ingresses", "namespaces", "globalnetworkpolicies",
+     "ippools", "hostendpoints"]), body=json_values,
     named=st.booleans())
 def test_bad_bodies_never_escape_as_exceptions(api: Router, method: str, plural: str, body: object,
                                                named: bool) -> None:
@@ -199,3 +200,12 @@ def test_bad_bodies_never_escape_as_exceptions(api: Router, method: str, plural:
         path += "/x"
     r = api.handle(method, path, body=body)
     assert 200 <= r.status < 500 and isinstance(r.body, dict), (r.status, r.body)
+
+
+def test_a_spec_or_status_that_is_not_an_object_is_a_bad_request(api: Router) -> None:
+    r = api.handle("POST", "/api/v1/namespaces", body={"metadata": {"name": "a"}, "spec": 0})
+    assert r.status == 400 and "Namespace.spec" in r.body["message"], r.body
+    r = api.handle("POST", "/api/v1/namespaces/default/pods", body={"metadata": {"name": "p"}, "status": []})
+    assert r.status == 400 and "cannot unmarshal array" in r.body["message"], r.body
+    r = api.handle("POST", "/api/v1/namespaces", body={"metadata": {"name": "b"}, "spec": None})
+    assert r.status == 201 and r.body["spec"] == {"finalizers": ["kubernetes"]}, r.body
