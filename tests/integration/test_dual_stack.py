@@ -13,7 +13,6 @@ create`` on the running deployment.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import ipaddress
 from collections.abc import Iterator
@@ -23,9 +22,9 @@ from typing import Any
 
 import pytest
 import trio
-from integration_support import DeploymentHandles, wait_for
+from integration_support import DeploymentHandles, one_cluster, wait_for
 
-from scenarios import cli, runner, schema
+from scenarios import runner, schema
 
 TIME_SCALE = 0.05
 SETTLE = 30.0
@@ -37,30 +36,10 @@ NODE0, NODE1 = f"{CLUSTER}-linux-0", f"{CLUSTER}-linux-1"
 POD_V6 = ipaddress.ip_network("fd00:10:244::/56")
 SVC_V6 = ipaddress.ip_network("fd00:10:96::/112")
 
-SCENARIO = """
-name: {name}
-time_scale: {time_scale}
-networks:
-  - name: aks-net
-    vswitchName: External
-    ipAddressPrefix: 172.16.0.0/24
-    gateway: 172.16.0.1
-    dnsServers: [172.16.0.2]   # no datacenter DNS VM: only cluster names are looked up
-    k8sNodeIpPoolStart: 172.16.0.20
-    k8sNodeIpPoolEnd: 172.16.0.99
-    vipPoolStart: 172.16.0.150
-    vipPoolEnd: 172.16.0.199
-management:
-  network: aks-net
-  cloudAgentIp: 172.16.0.5
-clusters:
-  - name: {cluster}
-    vnet: aks-net
-    primaryNetworkPlugin: {plugin}
-    ipFamilies: [IPv4, IPv6]
-    nodePools:
-      - {{name: {cluster}-linux, osType: linux, nodeCount: 2}}
-"""
+
+
+def dual_stack(name: str, plugin: str) -> str:
+    return one_cluster(name, CLUSTER, time_scale=TIME_SCALE, plugin=plugin, cluster_keys="    ipFamilies: [IPv4, IPv6]\n")
 
 MANIFESTS = f"""
 apiVersion: v1
@@ -119,17 +98,7 @@ def v6_of(pod: dict[str, Any]) -> str:
 
 class Dual(DeploymentHandles):
     def __init__(self, deployment: str, hostagent: str) -> None:
-        super().__init__(hostagent, APISERVER)
-        self.deployment = deployment
-
-    def hcinet(self, *argv: str) -> tuple[int, str, str]:
-        args = list(argv)
-        at = 1 if args[:1] == ["exec"] else len(args)
-        args[at:at] = ["--deployment", self.deployment]
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(args)
-        return rc, out.getvalue(), err.getvalue()
+        super().__init__(hostagent, APISERVER, deployment)
 
     def pods(self) -> dict[str, dict[str, Any]]:
         items = self.ok("GET", f"/api/v1/namespaces/{NS}/pods")["items"]
@@ -144,7 +113,7 @@ class Dual(DeploymentHandles):
 @pytest.fixture(scope="module")
 def dual(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dual]:
     name = "dualstack"
-    scenario = schema.loads(SCENARIO.format(name=name, cluster=CLUSTER, plugin="calico", time_scale=TIME_SCALE))
+    scenario = schema.loads(dual_stack(name, "calico"))
     dep = trio.run(partial(runner.up, scenario, name, out=io.StringIO()))
     try:
         d = Dual(name, dep.hostagent.mgmt)
@@ -248,7 +217,7 @@ def test_a_policy_with_an_ipv6_cidr_admits_v6_and_drops_v4(dual: Dual, tmp_path:
 
 def test_flannel_dual_stack_is_refused_with_a_clear_error(dual: Dual) -> None:
     with pytest.raises(schema.ScenarioError) as exc:
-        schema.loads(SCENARIO.format(name="x", cluster="fl", plugin="flannel", time_scale=TIME_SCALE))
+        schema.loads(dual_stack("x", "flannel"))
     msg = str(exc.value)
     assert "\n" not in msg and "Flannel does not support IPv6" in msg and "clusters[0]" in msg
     rc, _, err = dual.hcinet("cluster", "create", "--name", "fl", "--primary-network-plugin", "flannel",

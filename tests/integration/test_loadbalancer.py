@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import trio
 from integration_support import plain, wait_for
-from test_pod_network import AGNHOST, CLUSTER, SCENARIO, Cluster, pod_ready
+from test_pod_network import AGNHOST, CLUSTER, Cluster, lab_scenario, pod_ready
 
 from agents import mgmt
 from scenarios import runner, schema
@@ -129,7 +129,7 @@ spec:
 @pytest.fixture(scope="module")
 def deployment(state_dir: Path) -> Iterator[tuple[Cluster, str]]:
     name = "lbcore"
-    scenario = schema.loads(SCENARIO.format(name=name, cluster=CLUSTER, plugin="calico", time_scale=TIME_SCALE))
+    scenario = schema.loads(lab_scenario(name, "calico", TIME_SCALE))
     dep = trio.run(partial(runner.up, scenario, name, out=io.StringIO()))
     try:
         yield Cluster("calico", name, dep.hostagent.mgmt), str(dep.broker["mgmt"])

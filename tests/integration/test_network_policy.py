@@ -12,7 +12,6 @@ test_calico_resources.py and tests/node/test_felix.py to keep this module under 
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +21,9 @@ from typing import Any
 
 import pytest
 import trio
-from integration_support import DeploymentHandles, wait_for
+from integration_support import DeploymentHandles, one_cluster, wait_for
 
-from scenarios import cli, runner, schema
+from scenarios import runner, schema
 
 TIME_SCALE = 0.05
 SETTLE = 30.0
@@ -34,29 +33,6 @@ CLUSTER = "pol"
 APISERVER = f"{CLUSTER}-control-plane-0"
 NODE0, NODE1 = f"{CLUSTER}-linux-0", f"{CLUSTER}-linux-1"
 
-SCENARIO = """
-name: {name}
-time_scale: {time_scale}
-networks:
-  - name: aks-net
-    vswitchName: External
-    ipAddressPrefix: 172.16.0.0/24
-    gateway: 172.16.0.1
-    dnsServers: [172.16.0.2]
-    k8sNodeIpPoolStart: 172.16.0.20
-    k8sNodeIpPoolEnd: 172.16.0.99
-    vipPoolStart: 172.16.0.150
-    vipPoolEnd: 172.16.0.199
-management:
-  network: aks-net
-  cloudAgentIp: 172.16.0.5
-clusters:
-  - name: {cluster}
-    vnet: aks-net
-    primaryNetworkPlugin: calico
-    nodePools:
-      - {{name: {cluster}-linux, osType: linux, nodeCount: 2}}
-"""
 
 APP = f"""
 apiVersion: v1
@@ -153,16 +129,8 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 
 class Cluster(DeploymentHandles):
     def __init__(self, deployment: str, hostagent: str, tmp: Path) -> None:
-        super().__init__(hostagent, APISERVER)
-        self.deployment = deployment
+        super().__init__(hostagent, APISERVER, deployment)
         self.tmp = tmp
-
-    def hcinet(self, *argv: str) -> tuple[int, str, str]:
-        args = [*argv, "--deployment", self.deployment]
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(args)
-        return rc, out.getvalue(), err.getvalue()
 
     def apply(self, text: str, name: str) -> str:
         path = self.tmp / f"{name}.yaml"
@@ -210,7 +178,7 @@ class App:
 @pytest.fixture(scope="module")
 def app(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     name = "netpol"
-    scenario = schema.loads(SCENARIO.format(name=name, cluster=CLUSTER, time_scale=TIME_SCALE))
+    scenario = schema.loads(one_cluster(name, CLUSTER, time_scale=TIME_SCALE))
     dep = trio.run(partial(runner.up, scenario, name, out=io.StringIO()))
     try:
         c = Cluster(name, dep.hostagent.mgmt, tmp_path_factory.mktemp("policies"))
@@ -353,8 +321,7 @@ spec:
 
 def test_flannel_stores_warns_and_does_not_enforce(state_dir: Path, tmp_path: Path) -> None:
     name = "netpol-flannel"
-    scenario = schema.loads(SCENARIO.format(name=name, cluster=CLUSTER, time_scale=TIME_SCALE)
-                            .replace("primaryNetworkPlugin: calico", "primaryNetworkPlugin: flannel"))
+    scenario = schema.loads(one_cluster(name, CLUSTER, time_scale=TIME_SCALE, plugin="flannel"))
     dep = trio.run(partial(runner.up, scenario, name, out=io.StringIO()))
     try:
         c = Cluster(name, dep.hostagent.mgmt, tmp_path)

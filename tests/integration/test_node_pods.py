@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import trio
-from integration_support import DeploymentHandles, wait_for
+from integration_support import DeploymentHandles, one_cluster, wait_for
 
 from scenarios import runner, schema
 
@@ -30,29 +30,6 @@ CLUSTER = "podc"
 APISERVER = f"{CLUSTER}-control-plane-0"
 NODE0, NODE1 = f"{CLUSTER}-linux-0", f"{CLUSTER}-linux-1"
 
-SCENARIO = """
-name: {name}
-time_scale: 0.05
-networks:
-  - name: lab
-    vswitchName: External
-    ipAddressPrefix: 172.16.0.0/24
-    gateway: 172.16.0.1
-    dnsServers: [172.16.0.2]
-    k8sNodeIpPoolStart: 172.16.0.20
-    k8sNodeIpPoolEnd: 172.16.0.99
-    vipPoolStart: 172.16.0.150
-    vipPoolEnd: 172.16.0.199
-management:
-  network: lab
-  cloudAgentIp: 172.16.0.5
-clusters:
-  - name: {cluster}
-    vnet: lab
-    primaryNetworkPlugin: {plugin}
-    nodePools:
-      - {{name: {cluster}-linux, osType: linux, nodeCount: 2}}
-"""
 
 
 
@@ -95,7 +72,7 @@ def sleeper() -> dict[str, Any]:
 def deployment(request: pytest.FixtureRequest, state_dir: Path) -> Iterator[tuple[str, Deployment]]:
     plugin = request.param
     name = f"pods-{plugin}"
-    scenario = schema.loads(SCENARIO.format(name=name, cluster=CLUSTER, plugin=plugin))
+    scenario = schema.loads(one_cluster(name, CLUSTER, time_scale=0.05, plugin=plugin))
     dep = trio.run(partial(runner.up, scenario, name, out=io.StringIO()))
     try:
         yield plugin, Deployment(dep.hostagent.mgmt)

@@ -18,7 +18,6 @@ the deployment for good and comes last.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import re
 import time
@@ -31,10 +30,10 @@ from typing import Any
 
 import pytest
 import trio
-from integration_support import DeploymentHandles, wait_for
+from integration_support import DeploymentHandles, one_cluster, wait_for
 
 from agents.timers import Timers
-from scenarios import cli, runner, schema
+from scenarios import runner, schema
 
 TIME_SCALE = 0.03
 TIMERS = Timers(TIME_SCALE)
@@ -48,50 +47,36 @@ NODE_SUBNET = "172.16.0.0/24"
 CLIENT_DC, CLIENT_EXT = "172.16.0.10", "203.0.113.10"
 WEB_REPLICAS = 4
 
-SCENARIO = """
-name: {name}
-time_scale: {time_scale}
-networks:
-  - name: aks-net
-    vswitchName: External
-    ipAddressPrefix: 172.16.0.0/24
-    gateway: 172.16.0.1
-    dnsServers: [172.16.0.2]
-    k8sNodeIpPoolStart: 172.16.0.20
-    k8sNodeIpPoolEnd: 172.16.0.99
-    vipPoolStart: 172.16.0.150
-    vipPoolEnd: 172.16.0.199
+INTERNET = """\
   - name: internet
     ipAddressPrefix: 203.0.113.0/24
     gateway: 203.0.113.1
     external: true
-management:
-  network: aks-net
-  cloudAgentIp: 172.16.0.5
-clusters:
-  - name: {cluster}
-    vnet: aks-net
-    primaryNetworkPlugin: {plugin}
-    nodePools:
-      - {{name: {cluster}-linux, osType: linux, nodeCount: 2}}
+"""
+CLIENTS_AND_DNS = """\
 clients:
   - name: client-dc
     network: aks-net
     ip: 172.16.0.10
-    apps: [{{kind: http, port: 8080}}]
+    apps: [{kind: http, port: 8080}]
   - name: client-ext
     network: internet
     ip: 203.0.113.10
-    apps: [{{kind: http, port: 8080}}]
+    apps: [{kind: http, port: 8080}]
 dns:
   - name: dc-dns
     network: aks-net
     ip: 172.16.0.2
     records:
-      - {{name: db.corp.example, type: A, value: 172.16.0.10}}
-      - {{name: www.corp.example, type: CNAME, value: db.corp.example}}
+      - {name: db.corp.example, type: A, value: 172.16.0.10}
+      - {name: www.corp.example, type: CNAME, value: db.corp.example}
     zones: [corp.example]
 """
+
+
+def lab_scenario(name: str, plugin: str, time_scale: float = TIME_SCALE) -> str:
+    """Two Linux nodes, ``client-dc`` on aks-net, ``client-ext`` on the internet, a datacenter DNS."""
+    return one_cluster(name, CLUSTER, time_scale=time_scale, plugin=plugin, networks=INTERNET, rest=CLIENTS_AND_DNS)
 
 MANIFESTS = """
 apiVersion: v1
@@ -231,20 +216,8 @@ class Cluster(DeploymentHandles):
     """One plugin's deployment: the handles plus the user's commands (hcinet ... --deployment)."""
 
     def __init__(self, plugin: str, deployment: str, hostagent: str) -> None:
-        super().__init__(hostagent, APISERVER)
+        super().__init__(hostagent, APISERVER, deployment)
         self.plugin = plugin
-        self.deployment = deployment
-
-    def hcinet(self, *argv: str) -> tuple[int, str, str]:
-        """A user command, as ``hcinet ARGV --deployment NAME`` runs it."""
-        args = list(argv)
-        # exec, vm exec: hcinet's options go before the pod / VM name
-        at = 2 if args[:2] == ["vm", "exec"] else 1 if args[:1] == ["exec"] else len(args)
-        args[at:at] = ["--deployment", self.deployment]
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(args)
-        return rc, out.getvalue(), err.getvalue()
 
     # -- cluster state --
 
@@ -315,7 +288,7 @@ class App:
 def deployment(request: pytest.FixtureRequest, state_dir: Path) -> Iterator[Cluster]:
     plugin = request.param
     name = f"podnet-{plugin}"
-    scenario = schema.loads(SCENARIO.format(name=name, cluster=CLUSTER, plugin=plugin, time_scale=TIME_SCALE))
+    scenario = schema.loads(lab_scenario(name, plugin))
     dep = trio.run(partial(runner.up, scenario, name, out=io.StringIO()))
     try:
         yield Cluster(plugin, name, dep.hostagent.mgmt)

@@ -10,7 +10,6 @@ is a condition polled against a deadline.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -27,9 +26,9 @@ import trio
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from integration_support import DeploymentHandles, wait_for
+from integration_support import DeploymentHandles, one_cluster, wait_for
 
-from scenarios import cli, runner, schema
+from scenarios import runner, schema
 
 TIME_SCALE = 0.05
 SETTLE = 40.0
@@ -40,29 +39,7 @@ APISERVER = f"{CLUSTER}-control-plane-0"
 NODE0, NODE1 = f"{CLUSTER}-linux-0", f"{CLUSTER}-linux-1"
 PORTS = ("--port", "8080/TCP", "--port", "8081/UDP", "--port", "9000/SCTP")
 
-SCENARIO = f"""
-name: polcli
-time_scale: {TIME_SCALE}
-networks:
-  - name: aks-net
-    vswitchName: External
-    ipAddressPrefix: 172.16.0.0/24
-    gateway: 172.16.0.1
-    dnsServers: [172.16.0.2]
-    k8sNodeIpPoolStart: 172.16.0.20
-    k8sNodeIpPoolEnd: 172.16.0.99
-    vipPoolStart: 172.16.0.150
-    vipPoolEnd: 172.16.0.199
-management:
-  network: aks-net
-  cloudAgentIp: 172.16.0.5
-clusters:
-  - name: {CLUSTER}
-    vnet: aks-net
-    primaryNetworkPlugin: calico
-    nodePools:
-      - {{name: {CLUSTER}-linux, osType: linux, nodeCount: 2}}
-"""
+SCENARIO = one_cluster("polcli", CLUSTER, time_scale=TIME_SCALE)
 
 
 def _server(name: str, node: str) -> str:
@@ -126,14 +103,7 @@ spec:
 
 class Cluster(DeploymentHandles):
     def __init__(self, deployment: str, hostagent: str) -> None:
-        super().__init__(hostagent, APISERVER)
-        self.deployment = deployment
-
-    def hcinet(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main([*argv, "--deployment", self.deployment])
-        return rc, out.getvalue(), err.getvalue()
+        super().__init__(hostagent, APISERVER, deployment)
 
     def json_of(self, *argv: str) -> dict[str, Any]:
         rc, out, err = self.hcinet(*argv, "-o", "json")
@@ -277,9 +247,7 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 
 @pytest.fixture(scope="module")
 def flannel(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    text = (SCENARIO.replace("name: polcli", "name: polcli-fl").replace("primaryNetworkPlugin: calico",
-                                                                         "primaryNetworkPlugin: flannel")
-            .replace(f"{CLUSTER}", FLANNEL_CLUSTER).replace("nodeCount: 2", "nodeCount: 1"))
+    text = one_cluster("polcli-fl", FLANNEL_CLUSTER, time_scale=TIME_SCALE, plugin="flannel", nodes=1)
     dep = trio.run(partial(runner.up, schema.loads(text), "polcli-fl", out=io.StringIO()))
     try:
         c = Cluster("polcli-fl", dep.hostagent.mgmt)
