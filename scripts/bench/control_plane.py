@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import apiserver_writes  # noqa: E402
+import benchreport  # noqa: E402
 import scenarios_bench  # noqa: E402
 
 from agents import mgmt, triozmq  # noqa: E402
@@ -357,27 +358,6 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def met(key: str, value: float) -> str:
-    if key not in TARGETS:
-        return "-"
-    op, goal = TARGETS[key]
-    return "met" if (value <= goal if op == "<=" else value >= goal) else "NO"
-
-
-def report(res: dict[str, Any]) -> str:
-    lines = [f"{'figure':<44} {'value':>14}"]
-    for key, value in res.items():
-        if key in ("targets", "runs"):
-            continue
-        lines.append(f"{key:<44} {value:>14,.3f}" if isinstance(value, float) else f"{key:<44} {value!s:>14}")
-    lines += ["", f"{'target (same run)':<44} {'value':>10}  {'target':>10}  met"]
-    for key, value in ratios(res).items():
-        op, goal = TARGETS.get(key, ("", 0.0))
-        target = f"{op} {goal:g}" if op else "(info)"
-        lines.append(f"{key:<44} {value:>10.3f}  {target:>10}  {met(key, value)}")
-    return "\n".join(lines)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -426,9 +406,9 @@ def main() -> int:
     res["raw_sqlite_writes_per_s"] = apiserver_writes.raw_sqlite(os.path.join(state, "raw.sqlite"), opts.seconds)
     res["seconds"] = time.monotonic() - t0
     res["runs"] = runs
-    res["targets"] = {k: {"value": v, "op": TARGETS[k][0], "target": TARGETS[k][1], "met": met(k, v) == "met"}
-                      for k, v in ratios(res).items() if k in TARGETS}
-    print(json.dumps(res, indent=2) if opts.json else report(res))
+    res["targets"] = benchreport.targets_doc(TARGETS, ratios(res))
+    print(json.dumps(res, indent=2) if opts.json
+          else benchreport.report(res, TARGETS, ratios(res), width=44, skip=("targets", "runs")))
     return 0
 
 

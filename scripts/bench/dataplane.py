@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchreport  # noqa: E402
 import raw  # noqa: E402
 import scenarios_bench  # noqa: E402
 
@@ -628,27 +629,6 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def met(key: str, value: float) -> str:
-    op, goal = TARGETS[key]
-    return "met" if (value <= goal if op == "<=" else value >= goal) else "NO"
-
-
-def report(res: dict[str, Any]) -> str:
-    lines = [f"{'figure':<36} {'value':>14}"]
-    for key, value in res.items():
-        if key == "targets":
-            continue
-        if isinstance(value, float):
-            lines.append(f"{key:<36} {value:>14,.1f}")
-        else:
-            lines.append(f"{key:<36} {json.dumps(value) if isinstance(value, dict) else value!s:>14}")
-    lines += ["", f"{'target (same run)':<36} {'value':>10}  {'target':>10}  met"]
-    for key, value in ratios(res).items():
-        op, goal = TARGETS[key]
-        lines.append(f"{key:<36} {value:>10.2f}  {op + ' ' + format(goal, 'g'):>10}  {met(key, value)}")
-    return "\n".join(lines)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -690,9 +670,8 @@ def main() -> int:
     if profile is not None:
         profile.wait()
     res["seconds"] = time.monotonic() - t0
-    res["targets"] = {k: {"value": v, "op": TARGETS[k][0], "target": TARGETS[k][1], "met": met(k, v) == "met"}
-                      for k, v in ratios(res).items()}
-    print(json.dumps(res, indent=2) if opts.json else report(res))
+    res["targets"] = benchreport.targets_doc(TARGETS, ratios(res))
+    print(json.dumps(res, indent=2) if opts.json else benchreport.report(res, TARGETS, ratios(res)))
     return 0
 
 

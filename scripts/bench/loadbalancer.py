@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import re
 import sys
@@ -54,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchreport  # noqa: E402
 import raw  # noqa: E402
 from dataplane import Api, deployment, ensure_namespace, netexec, percentile, ready_endpoints, wait_until  # noqa: E402
 
@@ -230,25 +230,6 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def met(key: str, value: float) -> bool:
-    op, goal = TARGETS[key]
-    return value <= goal if op == "<=" else value >= goal
-
-
-def report(res: dict[str, Any]) -> str:
-    lines = [f"{'figure':<34} {'value':>14}"]
-    for key, value in res.items():
-        if key == "targets":
-            continue
-        text = f"{value:,.2f}" if isinstance(value, float) else json.dumps(value)
-        lines.append(f"{key:<34} {text:>14}")
-    lines += ["", f"{'target (same run)':<34} {'value':>10}  {'target':>10}  met"]
-    for key, value in ratios(res).items():
-        op, goal = TARGETS[key]
-        lines.append(f"{key:<34} {value:>10.2f}  {op + ' ' + format(goal, 'g'):>10}  {'met' if met(key, value) else 'NO'}")
-    return "\n".join(lines)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -269,9 +250,8 @@ def main() -> int:
     if res.get("nodeport_rps"):
         res["lb_rps / nodeport_rps"] = res["lb_rps"] / res["nodeport_rps"]
     res["seconds"] = time.monotonic() - t0
-    res["targets"] = {k: {"value": v, "op": TARGETS[k][0], "target": TARGETS[k][1], "met": met(k, v)}
-                      for k, v in ratios(res).items() if not math.isnan(v)}
-    print(json.dumps(res, indent=2) if opts.json else report(res))
+    res["targets"] = benchreport.targets_doc(TARGETS, ratios(res))
+    print(json.dumps(res, indent=2) if opts.json else benchreport.report(res, TARGETS, ratios(res), width=34))
     return 0
 
 

@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchreport  # noqa: E402
 import scenarios_bench  # noqa: E402
 from dataplane import PAUSE, Api, deployment, percentile, wait_until  # noqa: E402
 
@@ -343,28 +344,6 @@ async def prog_phase(opts: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-# --- the report -----------------------------------------------------------------------------
-
-def met(key: str, value: float) -> bool:
-    op, goal = TARGETS[key]
-    return value <= goal if op == "<=" else value >= goal
-
-
-def report(res: dict[str, Any]) -> str:
-    lines = [f"{'figure':<34} {'value':>14}"]
-    for key, value in res.items():
-        if key == "targets":
-            continue
-        text = f"{value:,.2f}" if isinstance(value, float) else json.dumps(value)
-        lines.append(f"{key:<34} {text:>14}")
-    lines += ["", f"{'target (same run)':<34} {'value':>10}  {'target':>10}  met"]
-    for key, (op, goal) in TARGETS.items():
-        if key in res:
-            lines.append(f"{key:<34} {res[key]:>10.2f}  {op + ' ' + format(goal, 'g'):>10}  "
-                         f"{'met' if met(key, res[key]) else 'NO'}")
-    return "\n".join(lines)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -393,9 +372,9 @@ def main() -> int:
     if "prog" in phases:
         res.update(trio.run(prog_phase, opts))
     res["seconds"] = time.monotonic() - t0
-    res["targets"] = {k: {"value": res[k], "op": op, "target": goal, "met": met(k, res[k])}
-                      for k, (op, goal) in TARGETS.items() if k in res}
-    print(json.dumps(res, indent=2) if opts.json else report(res))
+    values = {k: res[k] for k in TARGETS if k in res}
+    res["targets"] = benchreport.targets_doc(TARGETS, values)
+    print(json.dumps(res, indent=2) if opts.json else benchreport.report(res, TARGETS, values, width=34))
     return 0
 
 
