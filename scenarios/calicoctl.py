@@ -31,7 +31,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from scenarios import aks, cli
+from scenarios import aks, cli, manifests
 
 CALICO_API = "projectcalico.org/v3"
 K8S_NETPOL = "networking.k8s.io/v1"
@@ -414,9 +414,7 @@ def add_parsers(sub: Any) -> None:
                   "Selectors are validated by the API server: a bad one is refused naming the field and\n"
                   "the position. Prints \"Successfully applied N 'KIND' resource(s)\".\n\n"
                   "Example:\n  hcinet calicoctl apply -f gnp.yaml")
-    p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE|DIR",
-                   help="a file or directory of *.yaml|*.yml|*.json (repeatable)")
-    p.add_argument("-R", "--recursive", action="store_true", help="with a directory: its sub-directories too")
+    manifests.filename_args(p, stdin=False)
     cluster_flag(p)
     p = cli._verb(grp, "get", cmd_get, "list Calico resources with calicoctl's columns (calicoctl get)",
                   "KIND: networkpolicy (np), globalnetworkpolicy (gnp), ippool, workloadendpoint (wep),\n"

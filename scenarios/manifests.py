@@ -1405,15 +1405,21 @@ async def cmd_describe(ns: argparse.Namespace) -> int:
     return report.emit()
 
 
+def filename_args(p: argparse.ArgumentParser, *, stdin: bool = True) -> None:
+    """kubectl's ``-f FILE|DIR`` (repeatable) and ``-R``, for every verb that reads manifests."""
+    p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE|DIR|-" if stdin else "FILE|DIR",
+                   help="a manifest file, a directory of *.yaml|*.yml|*.json" + (", or - for stdin" if stdin else "")
+                        + " (repeatable)")
+    p.add_argument("-R", "--recursive", action="store_true", help="with a directory: its sub-directories too")
+
+
 def add_parsers(sub: Any) -> None:
     """``apply``, ``delete`` and ``describe`` (``get`` is in :mod:`scenarios.aks`)."""
     verb = cli._verb
 
     def common(p: argparse.ArgumentParser, files: bool) -> None:
         if files:
-            p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE|DIR|-",
-                           help="a manifest file, a directory of *.yaml|*.yml|*.json, or - for stdin (repeatable)")
-            p.add_argument("-R", "--recursive", action="store_true", help="with a directory: its sub-directories too")
+            filename_args(p)
         p.add_argument("-n", "--namespace", help="the namespace of objects that name none (default: default)")
         p.add_argument("--cluster", metavar="NAME",
                        help="the workload cluster (may be omitted when the deployment has only one)")

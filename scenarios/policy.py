@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scenarios import cli
+from scenarios import cli, manifests
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 METADATA_NAME = "kubernetes.io/metadata.name"
@@ -496,9 +496,7 @@ def add_parsers(sub: Any) -> None:
                   "Examples:\n  hcinet policy matrix -f manifests/ --port 80/TCP --port 53/UDP\n"
                   "  hcinet policy matrix -f app.yaml -f policies/ --port 80/TCP --external 8.8.8.8 -o json\n"
                   "  hcinet policy matrix --cluster cluster1 --port 80/TCP")
-    p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE|DIR",
-                   help="a manifest file or a directory of *.yaml|*.yml|*.json (repeatable)")
-    p.add_argument("-R", "--recursive", action="store_true", help="with a directory: its sub-directories too")
+    manifests.filename_args(p, stdin=False)
     p.add_argument("--port", type=port_arg, action="append", required=True, metavar="PORT/PROTO",
                    help="a destination port, e.g. 80/TCP, 53/UDP, 9000/SCTP (repeatable; no protocol: TCP)")
     p.add_argument("--external", type=ip_arg, action="append", metavar="IP",

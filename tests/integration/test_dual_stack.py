@@ -41,6 +41,7 @@ SVC_V6 = ipaddress.ip_network("fd00:10:96::/112")
 def dual_stack(name: str, plugin: str) -> str:
     return one_cluster(name, CLUSTER, time_scale=TIME_SCALE, plugin=plugin, cluster_keys="    ipFamilies: [IPv4, IPv6]\n")
 
+
 MANIFESTS = f"""
 apiVersion: v1
 kind: Namespace

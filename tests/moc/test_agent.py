@@ -168,6 +168,28 @@ async def until(check: Callable[[], T | None | Awaitable[T | None]], what: str, 
         await asyncio.sleep(0.005)
 
 
+def fake_cluster_create_moc(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """``hcinet cluster create`` against a fake MOC (one network, aks-net): the calls it sends."""
+    from scenarios import aks
+
+    sent: list[tuple[str, Any]] = []
+
+    async def moc_call(ns: Any, verb: str, args: Any = None, timeout: float = 0) -> Any:
+        sent.append((verb, args))
+        return {}
+
+    async def moc_networks(ns: Any) -> list[dict[str, Any]]:
+        return [dict(NETWORK)]
+
+    async def default_vnet(ns: Any) -> str:
+        return "aks-net"
+
+    monkeypatch.setattr(aks, "moc_call", moc_call)
+    monkeypatch.setattr(aks, "moc_networks", moc_networks)
+    monkeypatch.setattr(aks, "_default_vnet", default_vnet)
+    return sent
+
+
 def test_cluster_create_asks_the_host_agent_for_every_vm_with_contract_configs(tmp_path: Path) -> None:
     async def test(h: Harness) -> None:
         moc = await h.start()

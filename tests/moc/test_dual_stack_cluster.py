@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_agent import CLUSTER, NETWORK, Harness, run  # noqa: E402
+from test_agent import CLUSTER, NETWORK, Harness, fake_cluster_create_moc, run  # noqa: E402
 
 from agents.mgmt import MgmtError  # noqa: E402
 from agents.moc import pools as P  # noqa: E402
-from scenarios import aks, cli, schema  # noqa: E402
+from scenarios import cli, schema  # noqa: E402
 
 
 def test_default_is_ipv4_and_dual_stack_round_trips() -> None:
@@ -96,21 +96,7 @@ def test_moc_wires_the_cidrs_into_the_api_server_and_node_vm_configs(tmp_path: P
 
 
 def test_cluster_create_ip_families_flag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    sent: list[tuple[str, Any]] = []
-
-    async def moc_call(ns: Any, verb: str, args: Any = None, timeout: float = 0) -> Any:
-        sent.append((verb, args))
-        return {}
-
-    async def moc_networks(ns: Any) -> list[dict[str, Any]]:
-        return [dict(NETWORK)]
-
-    async def default_vnet(ns: Any) -> str:
-        return "aks-net"
-
-    monkeypatch.setattr(aks, "moc_call", moc_call)
-    monkeypatch.setattr(aks, "moc_networks", moc_networks)
-    monkeypatch.setattr(aks, "_default_vnet", default_vnet)
+    sent = fake_cluster_create_moc(monkeypatch)
     assert cli.main(["cluster", "create", "--name", "c2", "--ip-families", "IPv4,IPv6", "--no-wait"]) == 0
     assert sent[0][1]["ipFamilies"] == ["IPv4", "IPv6"]
     sent.clear()

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_agent import CLUSTER, NETWORK, Harness, run  # noqa: E402
+from test_agent import CLUSTER, NETWORK, Harness, fake_cluster_create_moc, run  # noqa: E402
 
 from agents.moc import pools as P  # noqa: E402
-from scenarios import aks, cli, schema  # noqa: E402
+from scenarios import cli, schema  # noqa: E402
 
 
 def node_modes(h: Harness) -> dict[str, tuple[str, str]]:
@@ -80,21 +80,7 @@ def test_a_scenario_cluster_carries_the_mode_and_round_trips() -> None:
 
 def test_cluster_create_flags_send_the_mode_to_moc(monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    sent: list[tuple[str, Any]] = []
-
-    async def moc_call(ns: Any, verb: str, args: Any = None, timeout: float = 0) -> Any:
-        sent.append((verb, args))
-        return {}
-
-    async def moc_networks(ns: Any) -> list[dict[str, Any]]:
-        return [dict(NETWORK)]
-
-    async def default_vnet(ns: Any) -> str:
-        return "aks-net"
-
-    monkeypatch.setattr(aks, "moc_call", moc_call)
-    monkeypatch.setattr(aks, "moc_networks", moc_networks)
-    monkeypatch.setattr(aks, "_default_vnet", default_vnet)
+    sent = fake_cluster_create_moc(monkeypatch)
     assert cli.main(["cluster", "create", "--name", "c2", "--kube-proxy-mode", "IPVS", "--ipvs-scheduler", "lc",
                      "--no-wait"]) == 0
     ((verb, args),) = sent
