@@ -967,4 +967,8 @@ def entry() -> None:
 
 
 if __name__ == "__main__":
-    entry()
+    # ``python -m scenarios.cli``: run the one importable module, so the verbs' modules (which
+    # import scenarios.cli) and this entry share one CliError class
+    from scenarios.cli import entry as _entry
+
+    _entry()

@@ -74,9 +74,13 @@ def port_arg(text: str) -> tuple[int, str]:
 def ip_arg(text: str) -> str:
     """Any IP literal (``0.0.0.0``, ``255.255.255.255``, IPv6 included), canonical."""
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        ip = ipaddress.ip_address(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        raise argparse.ArgumentTypeError(f"{text!r}: a scoped address (%zone) is a link's, not a peer a "
+                                         "policy can name; give the address alone")
+    return str(ip)
 
 
 # --- the inventory: what the matrix is computed over --------------------------------------------
@@ -130,25 +134,47 @@ def _labels(value: Any, where: str) -> dict[str, str]:
     return out
 
 
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+def _list_of(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise LoadError(f"{where}: expected a list")
+    return value
+
+
 def _named_ports(pod_spec: Any, where: str) -> list[tuple[str, str, int]]:
+    """The named container ports of a pod spec, checked as the API server checks them."""
     out: list[tuple[str, str, int]] = []
-    spec = pod_spec if isinstance(pod_spec, dict) else {}
-    for i, c in enumerate(spec.get("containers") or []):
+    if pod_spec is not None and not isinstance(pod_spec, dict):
+        raise LoadError(f"{where}: expected an object")
+    spec = pod_spec or {}
+    for i, c in enumerate(_list_of(spec.get("containers"), f"{where}.containers")):
         if not isinstance(c, dict):
-            continue
-        for j, p in enumerate(c.get("ports") or []):
-            if not isinstance(p, dict) or not p.get("name"):
-                continue
+            raise LoadError(f"{where}.containers[{i}]: expected an object")
+        for j, p in enumerate(_list_of(c.get("ports"), f"{where}.containers[{i}].ports")):
+            at = f"{where}.containers[{i}].ports[{j}]"
+            if not isinstance(p, dict):
+                raise LoadError(f"{at}: expected an object")
             number = p.get("containerPort")
-            if not isinstance(number, int) or isinstance(number, bool):
-                raise LoadError(f"{where}.containers[{i}].ports[{j}].containerPort: expected an integer")
-            out.append((str(p["name"]), str(p.get("protocol") or "TCP").upper(), number))
+            if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                raise LoadError(f"{at}.containerPort: expected an integer 1-65535, got {number!r}")
+            protocol = p.get("protocol") or "TCP"
+            if protocol not in PROTOCOLS:
+                raise LoadError(f'{at}.protocol: Unsupported value: {protocol!r}: supported values: "SCTP", "TCP", "UDP"')
+            if p.get("name"):
+                out.append((str(p["name"]), protocol, number))
     return out
 
 
 def _pod_ips(status: Any, where: str) -> list[str]:
-    st = status if isinstance(status, dict) else {}
-    raw: list[Any] = [e.get("ip") if isinstance(e, dict) else e for e in st.get("podIPs") or []]
+    if status is not None and not isinstance(status, dict):
+        raise LoadError(f"{where}: status: expected an object")
+    st = status or {}
+    raw: list[Any] = [e.get("ip") if isinstance(e, dict) else e
+                      for e in _list_of(st.get("podIPs"), f"{where}: status.podIPs")]
     if not raw and st.get("podIP"):
         raw = [st["podIP"]]
     ips: list[str] = []
@@ -209,7 +235,12 @@ def add_object(inv: Inventory, obj: Any, source: str, *, live: bool = False) -> 
         wspec: dict[str, Any] = obj["spec"] if isinstance(obj.get("spec"), dict) else {}
         path = "spec.template"
         if kind == "CronJob":
-            wspec = (wspec.get("jobTemplate") or {}).get("spec") or {}
+            job = wspec.get("jobTemplate") or {}
+            if not isinstance(job, dict):
+                raise LoadError(f"{where}: spec.jobTemplate: expected an object")
+            wspec = job.get("spec") or {}
+            if not isinstance(wspec, dict):
+                raise LoadError(f"{where}: spec.jobTemplate.spec: expected an object")
             path = "spec.jobTemplate.spec.template"
         template: dict[str, Any] = wspec["template"] if isinstance(wspec.get("template"), dict) else {}
         inv.pods[f"{namespace}/{name}"] = PodInfo(

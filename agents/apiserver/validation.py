@@ -329,6 +329,9 @@ def _containers(spec: Mapping[str, Any], path: str) -> list[FieldError]:
             out.append(required(f"{where}.image"))
         for j, p in enumerate(c.get("ports") or []):
             out += _port(_obj(p).get("containerPort"), f"{where}.ports[{j}].containerPort")
+            protocol = _obj(p).get("protocol")
+            if protocol is not None and protocol not in PROTOCOLS:
+                out.append(not_supported(f"{where}.ports[{j}].protocol", protocol, PROTOCOLS))
     return out
 
 

@@ -56,6 +56,7 @@ from agents.policy.model import EntityRule, Policy, PortRange, Rule
 __all__ = ["Decision", "Endpoint", "PolicyEngine", "PROTOCOLS", "protocol_number"]
 
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
+CALICO_NS_NAME_LABEL = "projectcalico.org/name"
 CALICO_NS_LABEL = "projectcalico.org/namespace"
 CALICO_ORCH_LABEL = "projectcalico.org/orchestrator"
 
@@ -253,6 +254,7 @@ class PolicyEngine:
     def set_namespace(self, name: str, labels: Mapping[str, str]) -> None:
         new = dict(labels)
         new[NS_NAME_LABEL] = name
+        new[CALICO_NS_NAME_LABEL] = name  # Calico's automatic namespace label
         if self._namespaces.get(name) == new:
             return
         self._namespaces[name] = new
@@ -269,6 +271,8 @@ class PolicyEngine:
         return got if got is not None else {NS_NAME_LABEL: name}
 
     def set_endpoint(self, ep: Endpoint) -> None:
+        # a named port of a protocol no rule can name (the API server refuses those) never matches
+        ep.ports = [p for p in ep.ports if str(p[1]).upper() in PROTOCOLS or str(p[1]).isdigit()]
         old = self._endpoints.get(ep.key)
         if old is not None:
             for ip in old.ips:

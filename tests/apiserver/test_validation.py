@@ -100,3 +100,11 @@ def test_hook_for_deeper_checks() -> None:
         assert 'data: Invalid value: "x": forbidden key' in e.message
     finally:
         validation.VALIDATORS["ConfigMap"].remove(no_forbidden)
+
+
+def test_a_container_port_protocol_must_be_tcp_udp_or_sctp() -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default"},
+           "spec": {"containers": [{"name": "c", "image": "x",
+                                    "ports": [{"name": "http", "containerPort": 80, "protocol": "FOO"}]}]}}
+    e = refuse("pods", pod)
+    assert 'spec.containers[0].ports[0].protocol: Unsupported value: "FOO"' in e.message, e.message

@@ -331,6 +331,17 @@ def test_the_table_is_a_matrix_per_port_with_a_legend(tmp_path: Path, capsys: py
     ("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: g}\n"
      "spec:\n  selector: \"app == \"\n", "position"),
     ("- just\n- a list\n", "must be a map"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: 5}\n", "spec.containers: expected a list"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, ports: 5}]}\n",
+     "spec.containers[0].ports: expected a list"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nstatus: {podIPs: 5}\n", "status.podIPs: expected a list"),
+    ("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: a}\nspec: {jobTemplate: [1]}\n",
+     "spec.jobTemplate: expected an object"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n"
+     "spec: {containers: [{name: c, ports: [{name: http, containerPort: 80, protocol: FOO}]}]}\n",
+     "spec.containers[0].ports[0].protocol: Unsupported value"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, ports: [{containerPort: 99999}]}]}\n",
+     "containerPort: expected an integer 1-65535"),
 ])
 def test_bad_manifests_are_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     text: str, needle: str) -> None:
@@ -347,7 +358,8 @@ def test_a_missing_path_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize("args", [["--port", "80/ICMP"], ["--port", "http"], ["--port", "70000/TCP"],
                                   ["--port", "80/TCP", "--external", "10.0.0.1/24"],
-                                  ["--port", "80/TCP", "--external", "example.com"], []])
+                                  ["--port", "80/TCP", "--external", "example.com"],
+                                  ["--port", "80/TCP", "--external", "fe80::1%eth0"], []])
 def test_bad_flags_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     f = write(tmp_path, "pods.yaml", PODS)
     with pytest.raises(SystemExit) as exc:

@@ -483,3 +483,21 @@ def test_compiled_engine_matches_reference(objs: list[dict[str, Any]], key: str,
     e = make_engine(*objs)
     d = e.decide(key, direction, peer_ip, proto, port)
     assert (d.allowed, d.policy) == ref_decide(e, key, direction, peer_ip, proto, port), d
+
+
+def test_calicos_automatic_namespace_label_and_ports_of_unknown_protocols() -> None:
+    """Calico labels every namespace ``projectcalico.org/name`` (docs: "Calico automatic
+    labels"); a named port of a protocol no rule can name never matches and never raises."""
+    e = PolicyEngine()
+    for ns in ("foo", "baz", "qux"):
+        e.set_namespace(ns, {})
+    e.set_endpoint(Endpoint("foo/x", "foo", {"color": "red"}, ["10.0.9.1"], ports=[("http", "FOO", 80)]))
+    e.set_endpoint(Endpoint("baz/y", "baz", {}, ["10.0.9.2"]))
+    e.set_endpoint(Endpoint("qux/z", "qux", {}, ["10.0.9.3"]))
+    e.set_policy(from_calico(gnp("ns-scoped", selector="color == 'red'",
+                                 namespaceSelector='projectcalico.org/name in {"foo", "bar"}',
+                                 ingress=[{"action": "Allow", "source": {"namespaceSelector": 'projectcalico.org/name == "baz"'}}])))
+    assert e.verdict("baz/y", "foo/x", TCP, 8080).allowed
+    assert not e.verdict("qux/z", "foo/x", TCP, 8080).allowed
+    e.set_policy(from_kubernetes(knp("named", "foo", ingress=[{"ports": [{"port": "http"}]}])))
+    assert not e.decide("foo/x", "ingress", "10.0.9.3", TCP, 80).allowed  # the named port cannot match
