@@ -456,12 +456,13 @@ async def probe_cluster(ns: argparse.Namespace, api: Any, ports: Sequence[tuple[
         raise cli.CliError(errors[0])
     verdicts = []
     for src in pods:
-        got = iter(results.get(src.key) or [])
-        for port, proto in ports:
-            for dst in pods:
-                if dst.key != src.key:
-                    verdicts.append({"src": src.key, "dst": dst.key, "port": port, "protocol": proto,
-                                     "allowed": next(got, False)})
+        got = iter(results.get(src.key) or [])  # in the order the targets were sent: port, then dst
+        answered = {(port, proto, dst.key): next(got, False)
+                    for port, proto in ports for dst in pods if dst.key != src.key}
+        # listed as the matrix lists them: by source, destination, then port
+        verdicts += [{"src": src.key, "dst": dst.key, "port": port, "protocol": proto,
+                      "allowed": answered[(port, proto, dst.key)]}
+                     for dst in pods if dst.key != src.key for port, proto in ports]
     return {"pods": [p.key for p in pods], "verdicts": verdicts}, []
 
 
