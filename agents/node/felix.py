@@ -23,7 +23,7 @@ not support network policy"), which the node's ``policy`` verb says.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from agents.kubeproxy.latency import ProgrammingLatency
@@ -130,6 +130,8 @@ class Felix:
         self._nodes: dict[str, Obj] = {}
         self._heps: dict[str, Obj] = {}  # HostEndpoint name -> object
         self._hep_keys: set[str] = set()
+        # called with whether this node has a host endpoint, after each change (HostEndpointGuard)
+        self.on_host_endpoint: Callable[[bool], None] | None = None
 
     # -- the informers' callbacks ---------------------------------------------------------------
 
@@ -246,6 +248,8 @@ class Felix:
             self.engine.set_endpoint(ep)
         self._hep_keys = {ep.key for ep in merged.values()}
         self.counts["host_endpoints"] = len(self._hep_keys)
+        if self.on_host_endpoint is not None:
+            self.on_host_endpoint(f"host:{self.node}" in self._hep_keys)
 
     # -- the enforcer's timers (conntrack expiry), driven by the datapath stack's timer -----------
 
@@ -293,8 +297,10 @@ class HostEndpointGuard:
     """The node's own traffic under its host endpoint's policy (Calico's ``cali-INPUT`` /
     ``cali-OUTPUT`` host-endpoint chains), as root-stack ``INPUT`` / ``OUTPUT`` hooks.
 
-    Nothing is policed until a HostEndpoint names this node (one dict lookup per packet).
-    Then, before any policy: traffic from or to this node's pods passes (Felix's
+    Nothing is policed until a HostEndpoint names this node: only then does the guard put its
+    hooks in the root stack's ``INPUT`` / ``OUTPUT`` lists (Felix tells it when this node's host
+    endpoint comes and goes), so a node without one pays nothing per packet.  Then, before any
+    policy: traffic from or to this node's pods passes (Felix's
     ``DefaultEndpointToHostAction: ACCEPT``, and the host always reaches its workloads), so
     does the VXLAN overlay between nodes (Felix accepts VXLAN from the cluster's hosts) and the
     failsafe ports (inbound by destination port, outbound likewise, and their replies by
@@ -304,12 +310,27 @@ class HostEndpointGuard:
     ``applyOnForward`` / ``preDNAT``).
     """
 
-    def __init__(self, felix: Felix, pod_ips: Callable[[str], bool]) -> None:
+    def __init__(self, felix: Felix, pod_ips: Callable[[str], bool],
+                 hooks: MutableMapping[str, list[Any]]) -> None:
+        if felix.enforcer is None:
+            raise ValueError("a host endpoint guard needs an enforcing Felix (Calico)")
         self.felix = felix
         self.key = f"host:{felix.node}"
+        self._enforcer = felix.enforcer
         self._side = _HostSide(self.key)
         self._is_local_pod = pod_ips
+        self._hooks = hooks
+        self.attached = False
         self.counters = {"input_checked": 0, "output_checked": 0, "failsafe": 0, "dropped": 0}
+        felix.on_host_endpoint = self._host_endpoint
+
+    def _host_endpoint(self, present: bool) -> None:
+        """This node's HostEndpoint appeared (hooks in) or went (hooks out)."""
+        if present == self.attached:
+            return
+        for point, hook in (("INPUT", self.input), ("OUTPUT", self.output)):
+            (self._hooks[point].append if present else self._hooks[point].remove)(hook)
+        self.attached = present
 
     def _exempt(self, peer: str, pkt: tuple[Any, ...], own: frozenset[tuple[int, int]],
                 other: frozenset[tuple[int, int]]) -> bool:
@@ -323,25 +344,19 @@ class HostEndpointGuard:
         return self._is_local_pod(peer) or peer in self.felix.local_ips
 
     def input(self, pkt: tuple[Any, ...], now: float) -> tuple[Any, ...] | None:
-        enforcer = self.felix.enforcer
-        if enforcer is None or self.felix.engine.endpoint(self.key) is None:
-            return pkt
         if self._exempt(pkt[0], pkt, FAILSAFE_INBOUND, FAILSAFE_OUTBOUND):
             return pkt
         self.counters["input_checked"] += 1
-        out = enforcer.hook(self._side, "ingress", pkt, now)
+        out = self._enforcer.hook(self._side, "ingress", pkt, now)
         if out is None:
             self.counters["dropped"] += 1
         return out
 
     def output(self, pkt: tuple[Any, ...], now: float) -> tuple[Any, ...] | None:
-        enforcer = self.felix.enforcer
-        if enforcer is None or self.felix.engine.endpoint(self.key) is None:
-            return pkt
         if self._exempt(pkt[1], pkt, FAILSAFE_OUTBOUND, FAILSAFE_INBOUND):
             return pkt
         self.counters["output_checked"] += 1
-        out = enforcer.hook(self._side, "egress", pkt, now)
+        out = self._enforcer.hook(self._side, "egress", pkt, now)
         if out is None:
             self.counters["dropped"] += 1
         return out

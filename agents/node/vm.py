@@ -376,13 +376,11 @@ class NodeVM(VM):
                                    forwarded_snat=self._kube_proxy_snat)
         assert felix.enforcer is not None
         self.datapath.policy = felix.enforcer.hook
-        # the node's own traffic under its HostEndpoint's policy (none: one dict lookup)
+        # the node's own traffic under its HostEndpoint's policy: hooked in while one exists
         from .felix import HostEndpointGuard
 
-        guard = self.host_guard = HostEndpointGuard(felix, lambda ip: self.datapath.pod_by_ip(ip) is not None)
-        root = self.dstack.root
-        root.hooks["INPUT"].append(guard.input)
-        root.hooks["OUTPUT"].append(guard.output)
+        self.host_guard = HostEndpointGuard(felix, lambda ip: self.datapath.pod_by_ip(ip) is not None,
+                                            self.dstack.root.hooks)
         self.dstack.add_timed(felix)
         for name, path, kind in WATCHES:
             self._informer(name, client, path,
@@ -508,7 +506,7 @@ class NodeVM(VM):
         out["policy_drops"] = self.datapath.counters["policy_drops"]
         if self.host_guard is not None:
             out["host_endpoint"] = {"key": self.host_guard.key,
-                                    "present": self.felix.engine.endpoint(self.host_guard.key) is not None,
+                                    "present": self.host_guard.attached,
                                     **self.host_guard.counters}
         return out
 

@@ -114,12 +114,15 @@ def test_host_endpoint_guard_polices_the_nodes_own_traffic() -> None:
     f = felix()
     f.handle("Node", {"metadata": {"name": "n0"},
                       "status": {"addresses": [{"type": "InternalIP", "address": "172.16.0.20"}]}})
-    guard = HostEndpointGuard(f, lambda ip: ip == "10.244.0.5")
+    hooks: dict[str, list[Any]] = {"INPUT": [], "OUTPUT": []}
+    guard = HostEndpointGuard(f, lambda ip: ip == "10.244.0.5", hooks)
     remote = "172.16.0.21"
     echo = P.echo(remote, "172.16.0.20", True, 1, 1)
-    assert guard.input(echo, 1.0) is not None  # no HostEndpoint: nothing policed
-    f.handle("HostEndpoint", {"metadata": {"name": "n0-eth0", "labels": {"host-endpoint": "n0"}},
-                              "spec": {"node": "n0", "interfaceName": "eth0"}})
+    assert hooks == {"INPUT": [], "OUTPUT": []} and not guard.attached  # no HostEndpoint: nothing policed, no cost
+    hep = {"metadata": {"name": "n0-eth0", "labels": {"host-endpoint": "n0"}},
+           "spec": {"node": "n0", "interfaceName": "eth0"}}
+    f.handle("HostEndpoint", hep)
+    assert hooks == {"INPUT": [guard.input], "OUTPUT": [guard.output]} and guard.attached
     assert guard.input(echo, 1.0) is None  # a host endpoint without policy: denied
     assert guard.input(syn(remote, "172.16.0.20", 6443), 1.0) is not None  # failsafe inbound
     assert guard.input(P.udp(remote, "172.16.0.20", 50000, 4789, b""), 1.0) is not None  # the overlay
@@ -134,3 +137,5 @@ def test_host_endpoint_guard_polices_the_nodes_own_traffic() -> None:
     reply = P.echo("172.16.0.20", remote, False, 2, 1)
     assert guard.output(reply, 1.0) is not None  # the reply of an allowed flow (conntrack)
     assert guard.counters["dropped"] == 2 and guard.counters["failsafe"] == 2, guard.counters
+    f.handle("HostEndpoint", hep, deleted=True)
+    assert hooks == {"INPUT": [], "OUTPUT": []} and not guard.attached
