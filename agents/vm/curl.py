@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from .http import HttpConnection, ProtocolError, ResponseHead, parse_url
+from .http import HttpConnection, ProtocolError, ResponseHead, host_header, parse_url
 from .tools import ToolContext, ToolExit, ToolParser, _strerror, register_tool, resolve_host
 
 USER_AGENT = "curl/7.81.0"
@@ -172,8 +172,7 @@ async def curl(ctx: ToolContext, args: list[str]) -> int:
 
 def _request_headers(ns: argparse.Namespace, host: str, port: int, data: bytes) -> list[tuple[str, str]]:
     """curl's defaults, then -H: ``K: V`` replaces, ``K:`` removes, ``K;`` sends it empty."""
-    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets (RFC 7230 5.4)
-    headers: list[tuple[str, str]] = [("Host", host if port == 80 else f"{host}:{port}"),
+    headers: list[tuple[str, str]] = [("Host", host_header(host, port)),
                                       ("User-Agent", ns.user_agent), ("Accept", "*/*")]
     if ns.data:
         headers += [("Content-Length", str(len(data))), ("Content-Type", "application/x-www-form-urlencoded")]

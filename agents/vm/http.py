@@ -419,6 +419,13 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
     return scheme, host, port, target
 
 
+def host_header(host: str, port: int, default_port: int = 80) -> str:
+    """The ``Host`` value for ``host:port``: the port only when not the scheme's default, an
+    IPv6 literal in its brackets (RFC 7230 section 5.4)."""
+    host = f"[{host}]" if ":" in host else host
+    return host if port == default_port else f"{host}:{port}"
+
+
 def split_http_url(url: str) -> tuple[str, int, str]:
     """``http://host[:port]/target`` -> ``(host, port, target)``; other schemes are refused
     as curl words it."""

@@ -23,9 +23,9 @@ import json
 import time
 from typing import Any
 
-from .http import HttpClient, HttpError, split_http_url
-from .load import nearest_rank
-from .tools import ToolContext, ToolParser, _positive, register_tool, resolve_host
+from .http import HttpClient, HttpError
+from .load import nearest_rank, resolve_http_url
+from .tools import ToolContext, ToolParser, _positive, register_tool
 
 __all__ = ["httpbench", "summarize"]
 
@@ -93,16 +93,11 @@ async def httpbench(ctx: ToolContext, args: list[str]) -> int:
     if ns.warmup < 0:
         ctx.err.write("httpbench: --warmup must be >= 0\n")
         return 2
-    try:
-        host, port, target = split_http_url(ns.url)
-    except ValueError as exc:
-        ctx.err.write(f"httpbench: {exc}\n")
+    resolved = await resolve_http_url(ctx, "httpbench", ns.url)
+    if resolved is None:
         return 2
-    ip, _, error = await resolve_host(ctx.net, host)
-    if ip is None:
-        ctx.err.write(f"httpbench: {host}: {error}\n")
-        return 2
-    headers = {"Host": host if port == 80 else f"{host}:{port}"}
+    ip, port, target, host = resolved
+    headers = {"Host": host}
     if ns.new_connection:
         headers["Connection"] = "close"
     workers = [_Worker(HttpClient(ctx.net, ip, port, timeout=ns.timeout, headers=headers))

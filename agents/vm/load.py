@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .http import HttpConnection, HttpError, ProtocolError, split_http_url
+from .http import HttpConnection, HttpError, ProtocolError, host_header, split_http_url
 from .tools import ToolContext, ToolParser, _positive, register_tool, resolve_host
 
 __all__ = ["FAILURE_KINDS", "LoadStats", "classify", "load", "schedule"]
@@ -234,6 +234,21 @@ def _table(res: dict[str, Any], url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+async def resolve_http_url(ctx: ToolContext, tool: str, url: str) -> tuple[str, int, str, str] | None:
+    """An ``http://`` URL as the load tools take it: ``(ip, port, target, Host header)``, the host
+    resolved as getaddrinfo would; None once the reason is written to stderr (exit status 2)."""
+    try:
+        host, port, target = split_http_url(url)
+    except ValueError as exc:
+        ctx.err.write(f"{tool}: {exc}\n")
+        return None
+    ip, _, error = await resolve_host(ctx.net, host)
+    if ip is None:
+        ctx.err.write(f"{tool}: {host}: {error}\n")
+        return None
+    return ip, port, target, host_header(host, port)
+
+
 @register_tool("load")
 async def load(ctx: ToolContext, args: list[str]) -> int:
     p = ToolParser(ctx, "load", description="open-loop HTTP load at a fixed request rate")
@@ -245,16 +260,11 @@ async def load(ctx: ToolContext, args: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("url")
     ns = p.parse(args)
-    try:
-        host, port, target = split_http_url(ns.url)
-    except ValueError as exc:
-        ctx.err.write(f"load: {exc}\n")
+    resolved = await resolve_http_url(ctx, "load", ns.url)
+    if resolved is None:
         return 2
-    ip, _, error = await resolve_host(ctx.net, host)
-    if ip is None:
-        ctx.err.write(f"load: {host}: {error}\n")
-        return 2
-    headers = {"Host": host if port == 80 else f"{host}:{port}", "User-Agent": "hcinet-load/1"}
+    ip, port, target, host = resolved
+    headers = {"Host": host, "User-Agent": "hcinet-load/1"}
     stats, elapsed = await run_load(ctx, ip, port, target, headers, ns.rps, ns.duration, ns.timeout,
                                     ns.connections == "keepalive")
     res = stats.report(ns.url, ns.rps, ns.duration, elapsed)

@@ -81,3 +81,11 @@ def test_summary_percentiles_are_nearest_rank() -> None:
     res = summarize([i / 1e6 for i in range(1, 101)], 2.0, 0)
     assert (res["requests"], res["rps"], res["p50_us"], res["p99_us"], res["max_us"]) == (100, 50.0, 50, 99, 100)
     assert summarize([], 1.0, 3)["requests"] == 0
+
+
+def test_host_header_keeps_ipv6_brackets_and_drops_the_default_port() -> None:
+    from agents.vm.http import host_header
+
+    assert host_header("web", 80) == "web" and host_header("web", 8080) == "web:8080"
+    assert host_header("fd00:10:96::a", 80) == "[fd00:10:96::a]"
+    assert host_header("fd00:10:96::a", 8080) == "[fd00:10:96::a]:8080"
