@@ -89,11 +89,58 @@ def _spawn(argv: list[str]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     return proc, _ready(rfd)
 
 
-def api_rate(tmp: str, seconds: float, clients: int = 8) -> dict[str, Any]:
+def api_writes(endpoint: str, seconds: float, clients: int = 8, namespace: str = "default") -> dict[str, Any]:
+    """``clients`` threads, each one blocking DEALER on the API server VM's management
+    endpoint: POST a ConfigMap, wait for the reply, for ``seconds``.  Raises on an error."""
     import zmq
 
     from agents import mgmt
     from broker import wire
+
+    counts = [0] * clients
+    errors: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+
+    def worker(i: int) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        barrier.wait()
+        n = 0
+        while time.perf_counter() < stop_at[0]:
+            body = {"metadata": {"name": f"c{i}-{n}"}, "data": {"k": "v" * 50}}
+            sock.send_multipart(wire.request(n, "api", {"method": "POST", "path": path, "body": body}))
+            if not sock.poll(10_000):
+                errors.append("no reply within 10 s")
+                break
+            _, result = mgmt.parse_reply(sock.recv_multipart())
+            if result["status"] != 201:
+                errors.append(str(result))
+                break
+            n += 1
+        counts[i] = n
+        sock.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + seconds
+    start = time.perf_counter()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"api writes: {errors[0]}")
+    return {"api_writes_per_s": sum(counts) / elapsed, "api_writes": sum(counts)}
+
+
+def api_rate(tmp: str, seconds: float, clients: int = 8) -> dict[str, Any]:
+
+    from agents import mgmt
 
     broker, bready = _spawn([sys.executable, "-m", "broker", "--data", "tcp://127.0.0.1:0",
                              "--mgmt", "tcp://127.0.0.1:0"])
@@ -113,41 +160,9 @@ def api_rate(tmp: str, seconds: float, clients: int = 8) -> dict[str, Any]:
         procs.append(vm)
         if not vready.get("ready"):
             raise RuntimeError(f"apiserver VM: {vready}")
-        counts = [0] * clients
-        errors: list[str] = []
-        stop_at = time.perf_counter() + seconds
-        barrier = threading.Barrier(clients + 1)
-
-        def worker(i: int) -> None:
-            ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(vready["mgmt"])
-            barrier.wait()
-            n = 0
-            while time.perf_counter() < stop_at:
-                body = {"metadata": {"name": f"w{i}-{n}"}, "data": {"k": "v" * 50}}
-                sock.send_multipart(wire.request(n, "api", {"method": "POST", "path":
-                                                            "/api/v1/namespaces/default/configmaps",
-                                                            "body": body}))
-                _, result = mgmt.parse_reply(sock.recv_multipart())
-                if result["status"] != 201:
-                    errors.append(str(result))
-                    break
-                n += 1
-            counts[i] = n
-            sock.close()
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        start = time.perf_counter()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
+        rate = api_writes(vready["mgmt"], seconds, clients)
         stats = mgmt.call(vready["mgmt"], "stats")["apiserver"]
-        return {"api_writes_per_s": round(sum(counts) / elapsed), "api_errors": len(errors),
+        return {"api_writes_per_s": round(rate["api_writes_per_s"]),
                 "api_group_commits": stats["group_commits"], "api_max_group": stats["max_group"]}
     finally:
         for p in reversed(procs):

@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +50,7 @@ import apiserver_writes  # noqa: E402
 import benchreport  # noqa: E402
 import scenarios_bench  # noqa: E402
 
-from agents import mgmt, triozmq  # noqa: E402
+from agents import triozmq  # noqa: E402
 from scenarios import runner, schema  # noqa: E402
 
 DEFAULT_SCENARIO = ROOT / "scenarios" / "default.yaml"
@@ -267,53 +266,6 @@ async def watch_latency(dep: runner.Deployment, vip: str, writes: int, interval:
             "watch_write_interval_ms": interval * 1000}
 
 
-def api_writes(endpoint: str, seconds: float, clients: int = 8) -> dict[str, Any]:
-    """``clients`` threads, each one blocking DEALER: POST a ConfigMap, wait for the reply."""
-    import zmq
-
-    from broker import wire
-
-    counts = [0] * clients
-    errors: list[str] = []
-    barrier = threading.Barrier(clients + 1)
-    stop_at = [0.0]
-    path = f"/api/v1/namespaces/{WRITE_NS}/configmaps"
-
-    def worker(i: int) -> None:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        barrier.wait()
-        n = 0
-        while time.perf_counter() < stop_at[0]:
-            body = {"metadata": {"name": f"c{i}-{n}"}, "data": {"k": "v" * 50}}
-            sock.send_multipart(wire.request(n, "api", {"method": "POST", "path": path, "body": body}))
-            if not sock.poll(10_000):
-                errors.append("no reply within 10 s")
-                break
-            _, result = mgmt.parse_reply(sock.recv_multipart())
-            if result["status"] != 201:
-                errors.append(str(result))
-                break
-            n += 1
-        counts[i] = n
-        sock.close()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.perf_counter() + seconds
-    start = time.perf_counter()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    if errors:
-        raise RuntimeError(f"api writes: {errors[0]}")
-    return {"api_writes_per_s": sum(counts) / elapsed, "api_writes": sum(counts)}
-
-
 async def default_scenario(opts: argparse.Namespace, profile: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
     scenario = schema.load(DEFAULT_SCENARIO)
     deployment = f"bench-cp-{os.getpid()}-default"
@@ -330,7 +282,7 @@ async def default_scenario(opts: argparse.Namespace, profile: Callable[[dict[str
         async with triozmq.TrioMgmtClient(cp) as client:
             await api(client, "POST", "/api/v1/namespaces", {"metadata": {"name": WRITE_NS}}, want=(201, 409))
             before = (await client.call("stats", {}, timeout=5.0))["apiserver"]
-        out.update(await trio.to_thread.run_sync(api_writes, cp, opts.seconds))
+        out.update(await trio.to_thread.run_sync(apiserver_writes.api_writes, cp, opts.seconds, 8, WRITE_NS))
         after = (await runner.call(cp, "stats"))["apiserver"]
         commits = after["group_commits"] - before["group_commits"]
         out["api_writes_per_commit"] = out["api_writes"] / commits if commits else 0.0
