@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -454,6 +454,21 @@ class Informers:
         for inf in self._by.values():
             inf.close()
         self._by.clear()
+
+
+def sync_until_idle(controllers: Iterable[Any], rounds: int = 30) -> None:
+    """Run every controller with work pending (``pending()`` / ``sync()``) until none has any;
+    what the API server VM's loop does turn by turn, done at once (tests, in-process tools).
+    Raises RuntimeError if they still have work after ``rounds`` passes (a feedback loop)."""
+    ctrls = list(controllers)
+    for _ in range(rounds):
+        busy = [c for c in ctrls if c.pending()]
+        if not busy:
+            return
+        for c in busy:
+            c.sync()
+    raise RuntimeError(f"controllers did not settle in {rounds} rounds: "
+                       + ", ".join(type(c).__name__ for c in ctrls if c.pending()))
 
 
 def owner_uid(obj: Obj, kind: str | None = None) -> str | None:

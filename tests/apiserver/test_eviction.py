@@ -15,6 +15,7 @@ from agents.apiserver.controllers import (
     Informers,
     NodeLifecycle,
     install_admission,
+    sync_until_idle,
 )
 from agents.apiserver.endpointslices import EndpointSliceController
 from agents.apiserver.rest import Router
@@ -51,12 +52,7 @@ class World:
         return T0 + self.now
 
     def settle(self) -> None:
-        for _ in range(30):
-            busy = [c for c in self.ctrls if c.pending()]
-            if not busy:
-                return
-            for c in busy:
-                c.sync()
+        sync_until_idle(self.ctrls)
 
     def kubelets(self) -> None:
         """Live nodes renew their Lease and start the pods bound to them."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agents.apiserver.controllers import Informers, install_admission
+from agents.apiserver.controllers import Informers, install_admission, sync_until_idle
 from agents.apiserver.errors import StatusError
 from agents.apiserver.rest import Router
 from agents.apiserver.scheduler import Scheduler
@@ -48,13 +48,7 @@ class Cluster:
                                               "conditions": [{"type": "Ready", "status": "True"}]}})
 
     def settle(self) -> None:
-        for _ in range(30):
-            busy = [c for c in self.ctrls if c.pending()]
-            if not busy:
-                return
-            for c in busy:
-                c.sync()
-        raise AssertionError("controllers did not settle")
+        sync_until_idle(self.ctrls)
 
     def kubelet(self, limit: int | None = None) -> int:
         """Start bound pods: IP, Running, Ready (at most ``limit`` of them)."""

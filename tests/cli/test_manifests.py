@@ -297,7 +297,7 @@ async def test_reapply_is_unchanged_with_the_api_servers_admission_and_controlle
     annotation, ReplicaSets, status) write into the applied objects; apply leaves their fields."""
     import random
 
-    from agents.apiserver.controllers import Informers, install_admission
+    from agents.apiserver.controllers import Informers, install_admission, sync_until_idle
     from agents.apiserver.endpointslices import EndpointSliceController
     from agents.apiserver.services import ServiceAllocator
     from agents.apiserver.workloads import DeploymentController, ReplicaSetController
@@ -310,10 +310,7 @@ async def test_reapply_is_unchanged_with_the_api_servers_admission_and_controlle
                               EndpointSliceController(cluster.store, informers)]
 
     def settle() -> None:
-        for _ in range(8):
-            busy = [c.sync() for c in controllers if c.pending()]
-            if not busy:
-                return
+        sync_until_idle(controllers)
 
     app = APP + "  type: NodePort\n"
     outs = []
