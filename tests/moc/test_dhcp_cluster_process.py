@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
+from test_moc_process import until
 
 from scenarios import rundir, runner, schema
 
-T = TypeVar("T")
 SCOPE = (ipaddress.IPv4Address("172.16.0.20"), ipaddress.IPv4Address("172.16.0.99"))
 
 SCENARIO = """
@@ -54,17 +54,6 @@ async def deployment(rd: rundir.RunDir) -> AsyncIterator[runner.Deployment]:
         with trio.CancelScope(shield=True):
             await runner.down(rd.deployment, out=quiet)
         quiet.close()
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    deadline = trio.current_time() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        if trio.current_time() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        await trio.sleep(0.05)
 
 
 def leased(ip: str) -> bool:
@@ -109,7 +98,7 @@ async def test_a_dhcp_cluster_boots_scales_and_is_deleted_cleanly(rd: rundir.Run
     async def two_ready() -> bool:
         found = await nodes()
         return len(found) == 2 and all(runner.node_ready(n) == "True" for n in found.values())
-    await until(two_ready, "c1-linux-1 Ready")
+    await until(two_ready, "c1-linux-1 Ready", timeout=20.0)
     removed = await moc("nodepool_scale", {"cluster": "c1", "name": "c1-linux", "nodeCount": 1})
     assert list(removed["removed"]) == ["c1-linux-1"]
     assert sorted(await nodes()) == ["c1-linux-0"]
