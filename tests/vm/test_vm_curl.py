@@ -8,12 +8,9 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import uvloop
-from vm_loopnet import LoopNet
+from vm_loopnet import LoopNet, run_with_http_server
 
-from agents.vm.apps import make_app
 from agents.vm.http import Request, Response, serve_http
-from agents.vm.runtime import AppConfig
 from agents.vm.streams import AsyncStack
 from agents.vm.tools import run_tool
 
@@ -21,17 +18,7 @@ A, B = "172.16.0.10", "172.16.0.11"
 
 
 def run(scenario: Callable[[LoopNet, AsyncStack, AsyncStack], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    async def main() -> Any:
-        net = LoopNet()
-        a = net.add_vm("vm-a", A)
-        b = net.add_vm("vm-b", B)
-        app = make_app(b, AppConfig(kind="http", port=8080))
-        await app.start()
-        try:
-            return await asyncio.wait_for(scenario(net, a, b), timeout)
-        finally:
-            await app.stop()
-    return uvloop.run(main())
+    return run_with_http_server(scenario, timeout, A, B)
 
 
 def test_http_app_answers_curl() -> None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import uvloop
-from vm_loopnet import LoopNet
+from vm_loopnet import run_with_http_server
 
-from agents.vm.apps import make_app
 from agents.vm.httpbench import summarize
-from agents.vm.runtime import AppConfig
 from agents.vm.streams import AsyncStack
 from agents.vm.tools import run_tool
 
@@ -20,17 +16,7 @@ A, B = "172.16.0.10", "172.16.0.11"
 
 
 def run(scenario: Callable[[AsyncStack], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    async def main() -> Any:
-        net = LoopNet()
-        a = net.add_vm("vm-a", A)
-        b = net.add_vm("vm-b", B)
-        app = make_app(b, AppConfig(kind="http", port=8080))
-        await app.start()
-        try:
-            return await asyncio.wait_for(scenario(a), timeout)
-        finally:
-            await app.stop()
-    return uvloop.run(main())
+    return run_with_http_server(lambda _net, a, _b: scenario(a), timeout, A, B)
 
 
 def test_one_keep_alive_connection_carries_every_request() -> None:

@@ -6,7 +6,7 @@ tools are tested over the real netstack in milliseconds."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agents.netstack import NetStack
@@ -63,3 +63,24 @@ class LoopNet:
         owner = self.owners.get(pkt[P.DST])
         if owner is not None:
             per_target.setdefault((id(owner[0]), owner[1]), (owner[0], owner[1], []))[2].append(pkt)
+
+
+def run_with_http_server(scenario: Callable[[LoopNet, AsyncStack, AsyncStack], Awaitable[Any]],
+                         timeout: float = 10.0, a_ip: str = "172.16.0.10", b_ip: str = "172.16.0.11") -> Any:
+    """``scenario(net, a, b)`` on a fresh LoopNet under uvloop, with an HTTP app on b:8080."""
+    import uvloop
+
+    from agents.vm.apps import make_app
+    from agents.vm.runtime import AppConfig
+
+    async def main() -> Any:
+        net = LoopNet()
+        a = net.add_vm("vm-a", a_ip)
+        b = net.add_vm("vm-b", b_ip)
+        app = make_app(b, AppConfig(kind="http", port=8080))
+        await app.start()
+        try:
+            return await asyncio.wait_for(scenario(net, a, b), timeout)
+        finally:
+            await app.stop()
+    return uvloop.run(main())
