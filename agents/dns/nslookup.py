@@ -30,7 +30,6 @@ on to the next search domain.  Options: ``-type=T`` (``-query``, ``-q``, ``-ty``
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,6 +44,7 @@ from agents.vm.tools import ToolContext, register_tool
 
 from .resolver import ResolvConfError, StubResolver, resolv_conf_of
 from .server import DNS_PORT, query
+from .zone import is_ip
 
 __all__ = ["nslookup"]
 
@@ -189,17 +189,9 @@ def _chase(reply: dns.message.Message, name: str) -> str:
     return name
 
 
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _reverse_if_address(host: str, qtype: str, default: bool) -> tuple[str, str, bool]:
     """``nslookup 10.96.0.15`` asks PTR for the in-addr.arpa name (nslookup's reverse mode)."""
-    if not _is_address(host):
+    if not is_ip(host):
         return host, qtype, default
     return dns.reversename.from_address(host).to_text(), "PTR", False
 
@@ -219,7 +211,7 @@ async def nslookup(ctx: ToolContext, args: list[str]) -> int:
         conf = replace(conf, ndots=opts.ndots)
     if not opts.search:
         conf = replace(conf, search=())
-    if len(rest) == 2 and not _is_address(rest[1]):
+    if len(rest) == 2 and not is_ip(rest[1]):
         ctx.err.write(f"nslookup: couldn't get address for '{rest[1]}': not found\n")
         return 1
     servers = [rest[1]] if len(rest) == 2 else list(conf.servers)

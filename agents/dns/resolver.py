@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .zone import NOERROR, NXDOMAIN, Record
+from .zone import NOERROR, NXDOMAIN, Record, is_ip
 
 __all__ = ["Lookup", "Query", "Resolution", "ResolvConf", "ResolvConfError", "StubResolver", "resolv_conf_of",
            "CLUSTER_DNS", "CLUSTER_DOMAIN", "MAXNS"]
@@ -89,7 +89,7 @@ class ResolvConf:
             if not words:
                 continue
             key, args = words[0], words[1:]
-            if key == "nameserver" and args and _is_ip(args[0]):
+            if key == "nameserver" and args and is_ip(args[0]):
                 servers.append(args[0])
             elif key in ("search", "domain") and args:
                 search = tuple(args) if key == "search" else (args[0],)
@@ -111,7 +111,7 @@ class ResolvConf:
             raise ResolvConfError(f"{where}.{sorted(unknown)[0]}: unknown key")
         servers = _strings(obj.get("nameservers", []), f"{where}.nameservers")
         for i, ip in enumerate(servers):
-            if not _is_ip(ip):
+            if not is_ip(ip):
                 raise ResolvConfError(f"{where}.nameservers[{i}]: not an IP address: {ip!r}")
         search = _strings(obj.get("search", []), f"{where}.search")
         opts: dict[str, Any] = {}
@@ -148,14 +148,6 @@ def _strings(value: Any, where: str) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ResolvConfError(f"{where}: expected a list of strings, got {value!r}")
     return list(value)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # --- one lookup ----------------------------------------------------------------------------
@@ -380,7 +372,7 @@ class StubResolver:
         """An address literal or a hosts-file entry, without DNS; None: ask DNS."""
         bare = name.rstrip(".")
         wanted = {q.upper() for q in qtypes}
-        if _is_ip(bare):
+        if is_ip(bare):
             ip = str(ipaddress.ip_address(bare))
             return Resolution("ok", name, ip, "", (ip,))
         entry = self.hosts.get(bare.lower())
@@ -408,7 +400,7 @@ def resolv_conf_of(net: Any) -> ResolvConf:
         return ResolvConf.from_config(raw["dns"])
     for client in getattr(net, "dhcp", None) or ():
         ack = getattr(client, "ack", None) or {}
-        servers = [s for s in ack.get("dns") or () if isinstance(s, str) and _is_ip(s)]
+        servers = [s for s in ack.get("dns") or () if isinstance(s, str) and is_ip(s)]
         if servers:
             return ResolvConf(nameservers=tuple(servers))
     return ResolvConf()

@@ -141,7 +141,8 @@ def _fqdn(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """An IPv4 or IPv6 address literal (not a name)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -344,7 +345,7 @@ class Zone:
             return records, extra, None
         if qtype == "CNAME":
             services = self._services_for(name)
-            if services and not _is_ip(services[0][1]):
+            if services and not is_ip(services[0][1]):
                 return [Record(qname, "CNAME", self.ttl, _fqdn(services[0][1]))], [], None
             return [], [], None
         if qtype == "SOA":  # handler.go: the zone's SOA whatever the name
@@ -366,7 +367,7 @@ class Zone:
         seen: set[str] = set()
         target: str | None = None
         for _key, host, _port in self._services_for(name):
-            if _is_ip(host):
+            if is_ip(host):
                 if _family(host) == qtype and host not in seen:
                     seen.add(host)
                     records.append(Record(qname, qtype, self.ttl, host))
@@ -399,7 +400,7 @@ class Zone:
         for key, host, port in services:
             if port == _NO_PORT:
                 continue
-            if not _is_ip(host):  # ExternalName: the target is the external name
+            if not is_ip(host):  # ExternalName: the target is the external name
                 records.append(Record(qname, "SRV", self.ttl, f"0 {weight} {port} {_fqdn(host)}"))
                 continue
             if (key, port) not in dup:
@@ -455,7 +456,7 @@ class Zone:
     def _find_service(self, svc: _Service, r: _Request) -> list[_Svc]:
         svc_name = f"{svc.name}.{svc.namespace}.{_SVC}.{self.domain}"
         if svc.external_name:
-            if r.endpoint or _is_ip(svc.external_name):
+            if r.endpoint or is_ip(svc.external_name):
                 return []
             return [(svc_name, svc.external_name, 0)]
         out: list[_Svc] = []
@@ -482,7 +483,7 @@ class Zone:
             return []  # NODATA
         dashed = pod.count("-") == 3 and "--" not in pod
         ip = pod.replace("-", ".") if dashed else pod.replace("-", ":")
-        if not _is_ip(ip):
+        if not is_ip(ip):
             raise _NoItems
         ip = str(ipaddress.ip_address(ip))
         key = f"{pod}.{r.namespace}.{_POD}.{self.domain}"

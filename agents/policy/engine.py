@@ -358,14 +358,17 @@ class PolicyEngine:
             return False
         if policy.namespace is not None and (ep.host or ep.namespace != policy.namespace):
             return False
-        nsel = getattr(policy, "namespace_selector", None)  # a GlobalNetworkPolicy's
-        if nsel is not None:
-            if nsel.is_global:
-                if ep.namespace is not None:
-                    return False
-            elif ep.namespace is None or not nsel.matches(self.namespace_labels(ep.namespace)):
-                return False
+        nsel = policy.namespace_selector  # a GlobalNetworkPolicy's
+        if nsel is not None and not self._in_namespaces(nsel, ep):
+            return False
         return policy.selector.matches(self._ep_labels[ep.key])
+
+    def _in_namespaces(self, nsel: Any, ep: Endpoint) -> bool:
+        """Does a namespaceSelector select ``ep``?  ``global()`` selects the endpoints without a
+        namespace (host endpoints); any other expression the namespaces whose labels match."""
+        if nsel.is_global:
+            return ep.namespace is None
+        return ep.namespace is not None and bool(nsel.matches(self.namespace_labels(ep.namespace)))
 
     def applicable(self, ep: Endpoint, direction: str) -> list[Policy]:
         return [p for p in self._ordered() if self._applies(p, ep, direction)]
@@ -390,10 +393,7 @@ class PolicyEngine:
             # a non-endpoint address: only a lone, unscoped notSelector matches it
             return sel is None and nsel is None and scope is None
         if nsel is not None:
-            if nsel.is_global:
-                if ep.namespace is not None:
-                    return False
-            elif ep.namespace is None or not nsel.matches(self.namespace_labels(ep.namespace)):
+            if not self._in_namespaces(nsel, ep):
                 return False
         elif scope is not None and ep.namespace != scope:
             return False
