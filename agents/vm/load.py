@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .http import HttpConnection, HttpError, ProtocolError, host_header, split_http_url
-from .tools import ToolContext, ToolParser, _positive, register_tool, resolve_host
+from .tools import ToolContext, ToolParser, _positive, register_tool, resolve_or_say
 
 __all__ = ["FAILURE_KINDS", "LoadStats", "classify", "load", "schedule"]
 
@@ -242,11 +242,8 @@ async def resolve_http_url(ctx: ToolContext, tool: str, url: str) -> tuple[str, 
     except ValueError as exc:
         ctx.err.write(f"{tool}: {exc}\n")
         return None
-    ip, _, error = await resolve_host(ctx.net, host)
-    if ip is None:
-        ctx.err.write(f"{tool}: {host}: {error}\n")
-        return None
-    return ip, port, target, host_header(host, port)
+    ip = await resolve_or_say(ctx, tool, host)
+    return None if ip is None else (ip, port, target, host_header(host, port))
 
 
 @register_tool("load")

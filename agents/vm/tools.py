@@ -203,6 +203,15 @@ async def resolve_host(net: NetAPI, host: str) -> Resolved:
     return Resolved(None, error=result.gai_error)
 
 
+async def resolve_or_say(ctx: ToolContext, tool: str, host: str) -> str | None:
+    """:func:`resolve_host` for a tool: the address, or None once ``tool: host: reason`` is
+    on stderr (the tool then exits 2)."""
+    ip, _, error = await resolve_host(ctx.net, host)
+    if ip is None:
+        ctx.err.write(f"{tool}: {host}: {error}\n")
+    return ip
+
+
 async def reverse_name(net: NetAPI, ip: str) -> str | None:
     """getnameinfo(NI_NAMEREQD): the hosts file's name of ``ip``, else its PTR name over
     DNS (nsswitch ``hosts: files dns``), or None."""
@@ -527,9 +536,8 @@ async def transfer(ctx: ToolContext, args: list[str]) -> int:
     if ns.nbytes < 0:
         ctx.err.write("transfer: --bytes must be >= 0\n")
         return 2
-    ip, _, error = await resolve_host(ctx.net, ns.host)
+    ip = await resolve_or_say(ctx, "transfer", ns.host)
     if ip is None:
-        ctx.err.write(f"transfer: {ns.host}: {error}\n")
         return 2
     try:
         result = await asyncio.wait_for(_send_stream(ctx.net, ip, ns.port, ns.nbytes, ns.chunk), ns.timeout)
@@ -583,9 +591,8 @@ async def udp_send(ctx: ToolContext, args: list[str]) -> int:
     if not 0 <= ns.size <= 65507:
         ctx.err.write("udp-send: bad --size\n")
         return 2
-    ip, _, error = await resolve_host(ctx.net, ns.host)
+    ip = await resolve_or_say(ctx, "udp-send", ns.host)
     if ip is None:
-        ctx.err.write(f"udp-send: {ns.host}: {error}\n")
         return 2
     transport, proto = await ctx.net.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(ip, ns.port))
     payload = os.urandom(ns.size)
