@@ -505,14 +505,7 @@ def _cluster_flag(p: argparse.ArgumentParser) -> None:
                    help="the workload cluster (may be omitted when the deployment has only one)")
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
+_count = cli.int_at_least(0)
 
 
 def add_parsers(sub: Any) -> None:
